@@ -47,7 +47,6 @@ import dataclasses
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metagrad.bilevel import Bilevel
+from metagrad.files import write_pickle
 
 Meta = Any
 PyTree = Any
@@ -716,17 +716,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: PyTree) -> Path | None:
     host = jax.tree.map(_to_host, state)
     if jax.process_index() != 0:
         return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(host, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_pickle(path, host)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> PyTree:

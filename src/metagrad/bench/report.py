@@ -1,4 +1,4 @@
-"""Measuring and reporting: compiled timings, atomic JSON, rich tables and progress bars.
+"""Measuring and reporting: compiled timings, rich tables and progress bars.
 
 Memory and FLOPs come from XLA's analyses of the compiled program (deterministic). Times are the
 median of repeated runs of the compiled program after a warm-up run (noisy: compare ratios taken in
@@ -7,14 +7,10 @@ one run, never assert them in tests).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -60,28 +56,6 @@ def measure(fn: Callable[..., Any], args: Sequence[Any], repeats: int) -> dict[s
         "median_s": statistics.median(times),
         "output": out,
     }
-
-
-def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Writes ``payload`` as JSON atomically (temp file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

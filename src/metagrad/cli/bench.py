@@ -144,7 +144,8 @@ def run_meta_grad(args: argparse.Namespace) -> int:
 
     from metagrad.bench import meta_grad
     from metagrad.bench.plots import plot_memory_sweep
-    from metagrad.bench.report import console, print_table, write_json
+    from metagrad.bench.report import console, print_table
+    from metagrad.files import write_json
 
     cases = _parse_list(args.cases, meta_grad.CASES, "--cases")
     modes = _parse_list(args.modes, MODES, "--modes")
@@ -271,7 +272,8 @@ def run_maml(args: argparse.Namespace) -> int:
     import jax
 
     from metagrad.bench import maml
-    from metagrad.bench.report import console, print_table, write_json
+    from metagrad.bench.report import console, print_table
+    from metagrad.files import write_json
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -372,7 +374,8 @@ def run_maml(args: argparse.Namespace) -> int:
 def run_scale(args: argparse.Namespace) -> int:
     """Runs the scaling benchmark from parsed command-line arguments."""
     from metagrad.bench import scale
-    from metagrad.bench.report import console, print_table, write_json
+    from metagrad.bench.report import console, print_table
+    from metagrad.files import write_json
 
     try:
         devices = [int(d) for d in args.devices.split(",") if d.strip()]

@@ -89,9 +89,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     """``metagrad fewshot train``."""
-    from metagrad.bench.report import console, write_json
+    from metagrad.bench.report import console
     from metagrad.fewshot.algorithms import ALGORITHMS
     from metagrad.fewshot.patterns import Pattern
+    from metagrad.files import write_json
 
     if args.algorithm not in ALGORITHMS:
         raise _fail(
@@ -152,9 +153,10 @@ def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``metagrad fewshot eval``."""
-    from metagrad.bench.report import console, write_json
+    from metagrad.bench.report import console
     from metagrad.fewshot.evaluation import evaluate
     from metagrad.fewshot.patterns import Pattern
+    from metagrad.files import write_json
 
     if args.split not in ("test", "val"):
         raise _fail("eval", f"--split must be test or val; got {args.split!r}.")
@@ -207,9 +209,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_select(args: argparse.Namespace) -> int:
     """``metagrad fewshot select``."""
-    from metagrad.bench.report import console, print_table, write_json
+    from metagrad.bench.report import console, print_table
     from metagrad.fewshot.patterns import all_patterns, structured_family
     from metagrad.fewshot.selection import plot_selection, select_pattern
+    from metagrad.files import write_json
 
     if not 0 <= args.threshold <= 100:
         raise _fail(

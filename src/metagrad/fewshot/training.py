@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from metagrad.fewshot.adaptation import make_meta_step
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.patterns import Pattern
+from metagrad.files import write_pickle, write_text
 from metagrad.models import Conv4
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
@@ -138,18 +138,10 @@ def _meta_step(model: Conv4, algorithm: Algorithm, outer_lr: float) -> Any:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Pickles ``state`` atomically (temp file + ``os.replace``): a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Arrays to host numpy; plain Python values (the configuration, the step) stay as they are,
     # so that ``TrainConfig(**state["config"])`` rebuilds the configuration.
     host = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(host, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_pickle(path, host)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -188,9 +180,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [
         line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
     ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(

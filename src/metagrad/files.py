@@ -1,0 +1,69 @@
+"""Files that survive a crash: every write goes to a temporary file that is renamed into place.
+
+``os.replace`` is atomic on POSIX and Windows, so a kill at any moment leaves either the old file or
+the new one, never half of one. Checkpoints, JSON reports and metric logs all go through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[Any]], None], *, binary: bool
+) -> Path:
+    """Calls ``write(f)`` on a temporary file beside ``path`` and renames it into place.
+
+    Args:
+      path: the destination; its folder is created if missing.
+      write: fills the open file.
+      binary: open the temporary file in binary mode.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Writes ``payload`` as indented JSON, atomically. numpy and JAX scalars/arrays are converted."""
+
+    def write(f: IO[str]) -> None:
+        json.dump(payload, f, indent=2, default=_json_default)
+        f.write("\n")
+
+    return atomic_write(path, write, binary=False)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Writes ``text`` atomically."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Pickles ``obj`` atomically (checkpoints: host numpy arrays and plain Python values)."""
+    return atomic_write(path, lambda f: pickle.dump(obj, f), binary=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy / JAX arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")

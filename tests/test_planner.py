@@ -6,7 +6,7 @@ import pytest
 
 import metagrad
 from inner_loops import adam_tanh_layer, outer_objective
-from metagrad.planner import Candidate, default_candidates, parse_bytes
+from metagrad.planner import Candidate, default_candidates, largest_fitting_steps, parse_bytes
 from metagrad.unroll import plan_unroll
 
 
@@ -78,3 +78,18 @@ def test_parse_bytes(text, expected):
 def test_parse_bytes_errors(text):
     with pytest.raises(ValueError, match="positive size such as 4GiB"):
         parse_bytes(text)
+
+
+def test_largest_fitting_steps_finds_the_boundary_of_a_linear_memory_model():
+    calls = []
+
+    def total(steps):
+        calls.append(steps)
+        return 1000 + 37 * steps
+
+    assert largest_fitting_steps(total, 1000 + 37 * 300) == 300
+    assert largest_fitting_steps(total, 1000 + 37 * 300 + 36) == 300
+    assert largest_fitting_steps(total, 999) == 0
+    assert largest_fitting_steps(total, 10**9, limit=64) == 64
+    with pytest.raises(ValueError, match="memory_budget"):
+        largest_fitting_steps(total, -1)

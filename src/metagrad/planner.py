@@ -165,6 +165,45 @@ def plan(
     return Plan(tuple(rows), choice, memory_budget)
 
 
+def largest_fitting_steps(
+    total_bytes_at: Callable[[int], int], memory_budget: int, *, limit: int = 1 << 20
+) -> int:
+    """The largest number of inner steps T whose compiled program fits ``memory_budget``.
+
+    Compiled memory grows monotonically with T for every strategy, so a doubling search followed
+    by bisection finds T with about 2·log2(T) compilations (nothing is run).
+
+    Args:
+      total_bytes_at: ``T -> bytes`` the compiled program needs at T inner steps (for instance
+        ``compiled_cost(fn_at(T), *args_at(T)).total_bytes``).
+      memory_budget: bytes available.
+      limit: stop searching beyond this T (returned if even ``limit`` fits).
+
+    Returns:
+      The largest fitting T, or 0 if not even one step fits.
+    """
+    if not isinstance(memory_budget, int) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive int of bytes; got {memory_budget!r}.")
+    if total_bytes_at(1) > memory_budget:
+        return 0
+    fits, too_big = 1, None
+    while too_big is None:  # doubling: fits < too_big brackets the answer
+        trial = min(2 * fits, limit)
+        if total_bytes_at(trial) <= memory_budget:
+            fits = trial
+            if fits == limit:
+                return limit
+        else:
+            too_big = trial
+    while too_big - fits > 1:
+        middle = (fits + too_big) // 2
+        if total_bytes_at(middle) <= memory_budget:
+            fits = middle
+        else:
+            too_big = middle
+    return fits
+
+
 def parse_bytes(text: str) -> int:
     """``"4GiB"``, ``"512MiB"``, ``"1.5e9"`` -> bytes."""
     units = {

@@ -204,6 +204,49 @@ def phase_meshes(out: Path) -> dict[str, float]:
     distributed.save_checkpoint(
         out / "final8.pkl", {"meta": meta, "losses": [m["loss"] for m in metrics]}
     )
+    errors.update(fewshot_trainer(out / "trainer"))
+    return errors
+
+
+def fewshot_trainer(out: Path) -> dict[str, float]:
+    """``metagrad.fewshot.training.train`` with a mesh equals the single-device run, and a run
+    checkpointed on 4 devices continues on 2 (FSDP) with the same metrics."""
+    from metagrad.data import ClassDataset, Splits
+    from metagrad.fewshot.training import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+
+    def dataset(n_classes: int) -> ClassDataset:
+        images = rng.integers(0, 255, (n_classes, 6, 8, 8, 1), dtype=np.uint8)
+        return ClassDataset.from_grid(images, [f"c{i}" for i in range(n_classes)])
+
+    splits = Splits(dataset(8), dataset(5), dataset(5))
+    config = TrainConfig(
+        ways=3, shots=1, queries=2, steps=2, meta_batch=4, iterations=4, channels=4, n_blocks=2,
+        val_every=2, val_tasks=4, checkpoint_every=2,
+    )  # fmt: skip
+    short = TrainConfig(**{**config.__dict__, "iterations": 2})
+
+    def metrics(folder: Path) -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in x.items() if k != "time_s"} for x in lines]
+
+    def numbers(lines: list[dict[str, Any]]) -> list[float]:
+        return [float(v) for x in lines for k, v in sorted(x.items()) if k != "kind"]
+
+    quiet = {"splits": splits, "show_progress": False}
+    train(config, out / "single", **quiet)
+    train(config, out / "4x1", mesh=distributed.make_mesh((4, 1), devices=4), **quiet)
+    train(short, out / "resumed", mesh=distributed.make_mesh((4, 1), devices=4), **quiet)
+    train(config, out / "resumed", mesh=distributed.make_mesh((1, 2), devices=2), params="fsdp",
+          **quiet)  # fmt: skip
+    reference = metrics(out / "single")
+    assert [x["step"] for x in reference] == [1, 2, 2, 3, 4, 4], reference
+    errors = {}
+    for name in ("4x1", "resumed"):
+        lines = metrics(out / name)
+        assert [x["step"] for x in lines] == [x["step"] for x in reference], lines
+        errors[f"trainer/{name}/metrics"] = rel_error(numbers(lines), numbers(reference))
     return errors
 
 

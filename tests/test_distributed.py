@@ -113,6 +113,12 @@ def test_checkpoint_from_8_devices_restores_on_2_and_1(figures):
     _check(figures, "restore-8-on-", 6)
 
 
+def test_fewshot_trainer_on_a_mesh_equals_single_device_and_resumes_on_fewer(figures):
+    # metagrad.fewshot.training.train(mesh=...): 4 meta-steps with validation on a 4x1 mesh equal
+    # the single-device run; a run checkpointed on 4 devices and continued on 2 (FSDP) as well.
+    _check(figures, "trainer/", 2)
+
+
 def test_two_processes_over_loopback_equal_single_device(figures):
     # jax.distributed.initialize from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID;
     # a 2x2 FSDP mesh over 2 processes x 2 CPU devices (gloo collectives); 2 meta-steps and a
@@ -169,6 +175,10 @@ def test_command_line_flags():
         distributed.mesh_from_args(parser.parse_args(["--mesh", "4"]))
     with pytest.raises(SystemExit, match="--meta-batch 6 must be a multiple of every device"):
         main(["bench", "scale", "--devices", "1,4", "--meta-batch", "6"])
+    with pytest.raises(SystemExit, match="--devices must be a positive number"):
+        main(["fewshot", "train", "--out", "unused", "--devices", "0"])
+    with pytest.raises(SystemExit, match=f"devices=99 but {jax.device_count()} are available"):
+        main(["fewshot", "train", "--out", "unused", "--devices", "99"])
     with pytest.raises(SystemExit, match="--strategies takes a comma-separated subset"):
         main(["bench", "scale", "--strategies", "pipeline"])
 

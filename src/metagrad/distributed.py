@@ -145,6 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-processes", type=int, help="processes in the job (several hosts)")
     group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
     group.add_argument(
+        "--devices",
+        type=int,
+        help="use the first N devices (default: all of them when --mesh is given)",
+    )
+    group.add_argument(
         "--mesh", help="devices along data x model, e.g. 8x1 or 4x2 (-1: the rest); default Nx1"
     )
     group.add_argument(
@@ -165,10 +170,14 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
 
 
 def mesh_from_args(args: argparse.Namespace) -> Mesh:
-    """The mesh that ``--mesh`` names (``"4x2"``, ``"-1x2"``); every device along data if unset."""
+    """The mesh that ``--mesh`` names (``"4x2"``, ``"-1x2"``) over the first ``--devices``
+    devices (default all); every device along data if ``--mesh`` is unset."""
     text = getattr(args, "mesh", None)
+    devices = getattr(args, "devices", None)
+    if devices is not None and devices < 1:
+        raise ValueError(f"--devices must be a positive number of devices; got {devices}.")
     if not text:
-        return make_mesh()
+        return make_mesh(devices=devices)
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -178,7 +187,7 @@ def mesh_from_args(args: argparse.Namespace) -> Mesh:
             f"--mesh expects DATAxMODEL with integers, e.g. 8x1 or 4x2 (-1 for the rest); "
             f"got {text!r}."
         )
-    return make_mesh(shape)
+    return make_mesh(shape, devices=devices)
 
 
 def _env_int(name: str) -> int | None:

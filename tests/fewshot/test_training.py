@@ -7,6 +7,7 @@ import pytest
 
 from metagrad.cli import main
 from metagrad.data import ClassDataset, Splits
+from metagrad.fewshot.report import write_report
 from metagrad.fewshot.training import CHECKPOINT, TrainConfig, load_checkpoint, train
 
 
@@ -56,6 +57,10 @@ def test_resume_after_kill_gives_the_same_metrics(tmp_path):
     # The checkpoint rebuilds the configuration (eval / select read it back).
     state = load_checkpoint(tmp_path / "b" / CHECKPOINT)
     assert TrainConfig(**state["config"]) == CONFIG and int(state["step"]) == 6
+    # The run folder's Markdown report: settings, training summary and the validation table.
+    report = write_report(tmp_path / "b").read_text()
+    assert "## Training" in report and "| meta_batch | 2 |" in report
+    assert "6 meta-steps logged" in report and "| 6 | " in report  # validation at step 6
     # A finished run extended to more iterations continues exactly where it stopped.
     short = TrainConfig(**{**CONFIG.__dict__, "iterations": 4})
     train(short, tmp_path / "c", splits=splits, show_progress=False)

@@ -42,6 +42,10 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--no-resume", action="store_true", help="start over even if a checkpoint exists"
     )
+    from metagrad.distributed import add_arguments as add_distributed_arguments
+
+    # --devices / --mesh split the meta-batch across devices; without them: one device.
+    add_distributed_arguments(t)
     t.set_defaults(func=run_train)
     e = sub.add_parser("eval", help="test accuracy ± 95%% CI of a trained run (OUT)")
     e.add_argument("--out", type=Path, required=True, help="run folder with checkpoint.pkl")
@@ -108,9 +112,22 @@ def run_train(args: argparse.Namespace) -> int:
         if pattern.steps != args.steps:
             raise _fail("train", f"--pattern has {pattern.steps} rows but --steps is {args.steps}.")
     config = _config(args)
+    from metagrad import distributed
     from metagrad.fewshot.training import METRICS, plot_metrics, train
 
-    result = train(config, args.out, resume=not args.no_resume)
+    try:
+        distributed.initialize_from_args(args)
+        sharded = args.mesh or args.devices is not None or args.params != "replicate"
+        mesh = distributed.mesh_from_args(args) if sharded else None
+    except ValueError as err:
+        raise _fail("train", str(err)) from None
+    if mesh is not None and config.meta_batch % mesh.shape["data"]:
+        raise _fail(
+            "train",
+            f"--meta-batch {config.meta_batch} must be a multiple of the mesh's data axis "
+            f"({mesh.shape['data']} devices); change --meta-batch, --devices or --mesh.",
+        )
+    result = train(config, args.out, resume=not args.no_resume, mesh=mesh, params=args.params)
     curve = plot_metrics(
         args.out / METRICS,
         args.out / "curve.png",
@@ -127,6 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, payload)
     console.print(f"trained {config.iterations} steps; run folder {args.out}")
+    _report(args.out)
     return 0
 
 
@@ -204,6 +222,7 @@ def run_eval(args: argparse.Namespace) -> int:
     write_json(args.out / f"eval_{args.split}{suffix}.json", payload)
     if args.json:
         write_json(args.json, payload)
+    _report(args.out)
     return 0
 
 
@@ -301,4 +320,13 @@ def run_select(args: argparse.Namespace) -> int:
     write_json(args.out / f"selection_K{k}.json", result)
     if args.json:
         write_json(args.json, result)
+    _report(args.out)
     return 0
+
+
+def _report(out: Path) -> None:
+    """Rebuilds ``out/report.md`` from every artefact of the run folder."""
+    from metagrad.bench.report import console
+    from metagrad.fewshot.report import write_report
+
+    console.print(f"report: {write_report(out)}")

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import os
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,14 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from metagrad import distributed
 from metagrad.data import Splits, episodes_at, load_glyphs, miniimagenet_splits, omniglot_splits
-from metagrad.fewshot.adaptation import make_meta_step
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.patterns import Pattern
-from metagrad.files import write_pickle, write_text
+from metagrad.files import write_text
 from metagrad.models import Conv4
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
@@ -130,18 +130,24 @@ def make_model(config: TrainConfig, splits: Splits) -> Conv4:
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_step(model: Conv4, algorithm: Algorithm, outer_lr: float) -> Any:
+def _meta_step(
+    model: Conv4, algorithm: Algorithm, outer_lr: float, mesh: Mesh | None, params: str
+) -> Any:
     """The jitted meta-step, shared by runs of one configuration in a process (a resumed run
-    reuses the compiled program instead of compiling it again)."""
-    return make_meta_step(model, algorithm, optax.adam(outer_lr))
+    reuses the compiled program instead of compiling it again). With a mesh, the meta-batch is
+    split along its ``"data"`` axis (``metagrad.distributed``); without, the single-device step."""
+    return distributed.shard_fewshot_meta_step(
+        model, algorithm, optax.adam(outer_lr), mesh, params=params
+    )
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Pickles ``state`` atomically (temp file + ``os.replace``): a kill never leaves half a file."""
-    # Arrays to host numpy; plain Python values (the configuration, the step) stay as they are,
-    # so that ``TrainConfig(**state["config"])`` rebuilds the configuration.
-    host = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
-    write_pickle(path, host)
+    """Writes ``state`` atomically as host numpy arrays and plain Python values.
+
+    Sharded arrays are gathered first, so a checkpoint of a run on 8 devices resumes on 1 (or any
+    other count). With several processes every process calls this and process 0 writes.
+    """
+    distributed.save_checkpoint(path, state)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -150,8 +156,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Checkpoints written before the configuration was kept as plain Python values hold it as 0-d
     numpy arrays; they are converted back (``TrainConfig(**state["config"])`` then works).
     """
-    with open(path, "rb") as f:
-        state = pickle.load(f)
+    state = distributed.load_checkpoint(path)
     state["config"] = {k: _plain(v) for k, v in state["config"].items()}
     return state
 
@@ -191,6 +196,8 @@ def train(
     resume: bool = True,
     show_progress: bool = True,
     stop_after: int | None = None,
+    mesh: Mesh | None = None,
+    params: str = "replicate",
 ) -> dict[str, Any]:
     """Meta-trains, resuming from ``out/checkpoint.pkl`` when it exists.
 
@@ -201,6 +208,12 @@ def train(
       resume: continue from an existing checkpoint (else start over and overwrite).
       show_progress: rich progress bar on stderr.
       stop_after: stop after this step without a final checkpoint (simulates a kill; tests).
+      mesh: a device mesh (``metagrad.distributed.make_mesh``): the meta-batch of tasks is
+        split across its ``"data"`` axis and the meta-gradient reduced by the compiler. ``None``
+        (default) is the single-device step. The mesh does not change the trajectory (only the
+        order of floating-point sums), so a run may resume on another device count.
+      params: ``"replicate"`` the meta-parameters on every device, or shard them ``"fsdp"``-style
+        along the mesh's ``"model"`` axis.
 
     Returns:
       ``{"meta": ..., "step": ..., "last": last train metrics, "val": last validation}``.
@@ -212,6 +225,8 @@ def train(
     algorithm = config.make_algorithm()
     outer = optax.adam(config.outer_lr)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    # With several processes (hosts) they all compute every step; process 0 alone writes files.
+    primary = jax.process_index() == 0
     start = 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -226,13 +241,14 @@ def train(
                 f"{config.iterations}; pass more iterations or another --out folder."
             )
         meta, opt_state, start = state["meta"], state["opt_state"], int(state["step"])
-        _truncate_metrics(metrics_path, start)
+        if primary:
+            _truncate_metrics(metrics_path, start)
     else:
-        params = model.init(jax.random.PRNGKey(config.seed))
-        meta = algorithm.init_meta(params)
+        meta = algorithm.init_meta(model.init(jax.random.PRNGKey(config.seed)))
         opt_state = outer.init(meta)
-        metrics_path.unlink(missing_ok=True)
-    step_fn = _meta_step(model, algorithm, config.outer_lr)
+        if primary:
+            metrics_path.unlink(missing_ok=True)
+    step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
     last: dict[str, Any] = {}
     val: dict[str, Any] = {}
 
@@ -249,13 +265,13 @@ def train(
 
     from metagrad.bench.report import progress  # rich; imported lazily
 
-    bar = progress() if show_progress else None
+    bar = progress() if show_progress and primary else None
     task_id = None
     if bar is not None:
         bar.start()
         task_id = bar.add_task("meta-train", total=config.iterations, completed=start, status="")
     try:
-        with open(metrics_path, "a") as log:
+        with open(metrics_path if primary else os.devnull, "a") as log:
             for step in range(start + 1, config.iterations + 1):
                 t0 = time.perf_counter()
                 episodes = episodes_at(

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 
 def atomic_write(
     path: str | os.PathLike[str], write: Callable[[IO[Any]], None], *, binary: bool
@@ -34,6 +36,10 @@ def atomic_write(
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        # mkstemp creates the file readable by its owner only; results are shared like any file.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +60,11 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Writes ``text`` atomically."""
     return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
+    """Writes arrays to a compressed ``.npz`` file atomically (dataset caches)."""
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
 def write_pickle(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -5,68 +5,21 @@ with ``jax.lax.map``, mean query loss, ``jax.value_and_grad``, Adam), on random 
 episode shape, for each differentiation mode and optionally a Lambda pattern.
 
 Wall-clock on a shared machine depends on what else runs, so every row also reports the CPU time
-the process used per step (all threads, ``time.process_time``) and the load average around the
-measurement: ``cpu_s / wall_s`` is the number of cores the step actually got.
+the process used per step and the load average around the measurement
+(:func:`metagrad.bench.report.measure`): ``cores_used`` is the number of cores the step got.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from metagrad.bench.report import measure
 from metagrad.fewshot import Pattern, make_algorithm, make_meta_step
-from metagrad.memory import MiB, cost_of_compiled
 from metagrad.models import Conv4
-
-
-def _load() -> float:
-    """One-minute load average (NaN where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # pragma: no cover - Windows
-        return float("nan")
-
-
-def measure_step(step: Any, args: tuple[Any, ...], repeats: int) -> dict[str, Any]:
-    """Compiles ``step`` for ``args``, reads XLA's memory / cost analyses and times it.
-
-    Returns:
-      ``temp_mib``, ``total_mib``, ``gflops_xla`` (XLA's count; loop bodies, here the
-      ``lax.map`` over tasks and the inner loop, are counted once), ``compile_s``, ``times_s``,
-      ``cpu_times_s`` (process CPU time of each timed run), ``median_s``, ``median_cpu_s``,
-      ``cores_used`` (median CPU / median wall), ``load_avg`` (1-minute load before and after).
-    """
-    load_before = _load()
-    start = time.perf_counter()
-    compiled = step.lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    cost = cost_of_compiled(compiled)
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times, cpu = [], []
-    for _ in range(max(1, repeats)):
-        w0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
-    median, median_cpu = statistics.median(times), statistics.median(cpu)
-    return {
-        "temp_mib": cost.temp_bytes / MiB,
-        "total_mib": cost.total_bytes / MiB,
-        "gflops_xla": cost.flops / 1e9,
-        "compile_s": compile_s,
-        "times_s": times,
-        "cpu_times_s": cpu,
-        "median_s": median,
-        "median_cpu_s": median_cpu,
-        "cores_used": median_cpu / median if median > 0 else float("nan"),
-        "load_avg": [load_before, _load()],
-    }
 
 
 def run(
@@ -100,7 +53,8 @@ def run(
             outer = optax.adam(1e-3)
             meta = alg.init_meta(params)
             step = make_meta_step(net, alg, outer)
-            r = measure_step(step, (meta, outer.init(meta), tasks), repeats)
+            r = measure(step, (meta, outer.init(meta), tasks), repeats)
+            r.pop("output")
             rows.append(
                 {
                     "mode": mode,

@@ -7,6 +7,7 @@ one run, never assert them in tests).
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
@@ -23,28 +24,47 @@ from metagrad.memory import MiB, cost_of_compiled
 console = Console(stderr=True)
 
 
-def measure(fn: Callable[..., Any], args: Sequence[Any], repeats: int) -> dict[str, Any]:
-    """Compiles ``fn`` for ``args``, reads its memory and FLOPs, and times it.
+def measure(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    repeats: int,
+    *,
+    lower_args: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Compiles ``fn`` for ``args``, reads XLA's memory and cost analyses, and times it.
+
+    Wall-clock on a shared machine depends on what else runs, so the CPU time the process used
+    (all threads, ``time.process_time``) and the load average around the measurement are
+    reported too: ``cores_used = median CPU s / median wall s`` is how many cores the program
+    actually got.
 
     Args:
-      fn: a jitted function.
+      fn: a jitted function (anything with ``.lower(*args).compile()``).
       args: its arguments.
       repeats: timed runs after one warm-up run (at least 1; the median is reported).
+      lower_args: arguments of ``fn.lower`` when they differ from those of the compiled program
+        (a sharded step is lowered from its user-facing arguments and called with the placed,
+        flattened ones); default ``args``.
 
     Returns:
-      A dict with ``temp_mib``, ``total_mib``, ``argument_mib``, ``output_mib``, ``gflops``,
-      ``compile_s``, ``times_s`` (every timed run), ``median_s`` and ``output`` (the last result).
+      A dict with ``temp_mib``, ``total_mib``, ``argument_mib``, ``output_mib``, ``gflops``
+      (XLA's count: a loop body is counted once), ``compile_s``, ``times_s`` and
+      ``cpu_times_s`` (every timed run), ``median_s``, ``median_cpu_s``, ``cores_used``,
+      ``load_avg`` (1-minute load before and after) and ``output`` (the last result).
     """
+    load_before = _load()
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*(args if lower_args is None else lower_args)).compile()
     compile_s = time.perf_counter() - start
     cost = cost_of_compiled(compiled)
     out = jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    median, median_cpu = statistics.median(times), statistics.median(cpu)
     return {
         "temp_mib": cost.temp_bytes / MiB,
         "total_mib": cost.total_bytes / MiB,
@@ -53,9 +73,21 @@ def measure(fn: Callable[..., Any], args: Sequence[Any], repeats: int) -> dict[s
         "gflops": cost.flops / 1e9,
         "compile_s": compile_s,
         "times_s": times,
-        "median_s": statistics.median(times),
+        "cpu_times_s": cpu,
+        "median_s": median,
+        "median_cpu_s": median_cpu,
+        "cores_used": median_cpu / median if median > 0 else float("nan"),
+        "load_avg": [load_before, _load()],
         "output": out,
     }
+
+
+def _load() -> float:
+    """One-minute load average (NaN where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - Windows
+        return float("nan")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

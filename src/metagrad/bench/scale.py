@@ -23,11 +23,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,7 +179,7 @@ def measure_one(config: dict[str, Any], n: int, strategy: str) -> dict[str, Any]
     import jax
 
     from metagrad import distributed
-    from metagrad.memory import cost_of_compiled
+    from metagrad.bench.report import measure
 
     if strategy not in STRATEGIES:
         raise ValueError(f"bench scale: strategy must be one of {STRATEGIES}; got {strategy!r}.")
@@ -191,17 +189,9 @@ def measure_one(config: dict[str, Any], n: int, strategy: str) -> dict[str, Any]
     mesh = distributed.make_mesh(shape, devices=n)
     step = distributed.shard_fewshot_meta_step(net, alg, outer, mesh, params=mode)
     state = outer.init(meta)
-    start = time.perf_counter()
-    compiled = step.lower(meta, state, tasks).compile()
-    compile_s = time.perf_counter() - start
-    cost = cost_of_compiled(compiled)
-    args = step.place(meta, state, tasks)
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(max(1, config["repeats"])):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
+    timing = measure(
+        step, step.place(meta, state, tasks), config["repeats"], lower_args=(meta, state, tasks)
+    )
     plan = step.plan
     param_bytes = distributed.bytes_per_device(
         (meta, state), (plan.param_shardings(meta), plan.param_shardings(state))
@@ -218,14 +208,7 @@ def measure_one(config: dict[str, Any], n: int, strategy: str) -> dict[str, Any]
         "tasks_per_device": config["meta_batch"] // shape[0],
         "param_mib_per_device": param_bytes / MiB,
         "param_mib_total": full_param_bytes / MiB,
-        "temp_mib": cost.temp_bytes / MiB,
-        "argument_mib": cost.argument_bytes / MiB,
-        "output_mib": cost.output_bytes / MiB,
-        "total_mib": cost.total_bytes / MiB,
-        "gflops": cost.flops / 1e9,
-        "compile_s": compile_s,
-        "times_s": times,
-        "median_s": statistics.median(times),
+        **{k: v for k, v in timing.items() if k != "output"},
     }
 
 

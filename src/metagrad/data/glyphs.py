@@ -54,11 +54,12 @@ import numpy as np
 import PIL
 from rich.progress import Progress
 
+from metagrad.progress import progress_bar
+
 from .alphabets import alphabet_of, character_name, is_glyph_candidate
 from .cache import cache_dir as resolve_cache_dir
 from .cache import config_digest, save_npz_atomic
 from .class_dataset import ClassDataset, Splits
-from .progress import progress_bar
 from .rendering import (
     DEFAULT_FONTS,
     NO_JITTER,

@@ -32,8 +32,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from metagrad.progress import progress_bar
+
 from .class_dataset import ClassDataset, Splits
-from .progress import progress_bar
 
 _SPLITS = ("train", "val", "test")
 _CSV_LAYOUT = "<root>/{split}.csv (header 'filename,label') with images in <root>/images/"

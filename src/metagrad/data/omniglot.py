@@ -28,8 +28,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from metagrad.progress import progress_bar
+
 from .class_dataset import ClassDataset, Splits
-from .progress import progress_bar
 
 _LAYOUT = "<root>/images_{subset}/<alphabet>/<character>/*.png"
 _HOW_TO_GET = (

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.optim.experiment import WidthConfig, build, make_step, prepare_inputs
-from metagrad.optim.progress import progress_bar
 from metagrad.optim.tasks import ClassificationTask
+from metagrad.progress import progress_bar
 
 
 def fit_slope(widths: Sequence[float], values: Sequence[float]) -> float:

@@ -31,8 +31,8 @@ from metagrad.optim.experiment import (
     make_train,
     prepare_inputs,
 )
-from metagrad.optim.progress import progress_bar
 from metagrad.optim.tasks import ClassificationTask
+from metagrad.progress import progress_bar
 
 SWEEP_OVER = ("lr", "damping")
 

@@ -1,0 +1,59 @@
+"""The one progress bar of the library (rich, on stderr).
+
+Dataset builds, training runs, sweeps and benchmarks all show the same bar: what runs, how far it
+is (done / total), an optional status text (loss, accuracy, current case), elapsed and remaining
+time. It writes to stderr so that a command printing JSON or a table on stdout stays
+machine-readable.
+
+Use::
+
+    with progress_bar() as bar:
+        job = bar.add_task("meta-train", total=n)
+        bar.update(job, advance=1, status="loss 0.31")
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class _StatusColumn(ProgressColumn):
+    """A task's ``status`` field, or nothing for tasks that have none."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("status", "")))
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A ``rich.progress.Progress`` on stderr.
+
+    Args:
+      enabled: ``False`` gives a bar that prints nothing (tests, ``--no-progress``).
+
+    Returns:
+      The bar; use it as a context manager (or ``start()`` / ``stop()``).
+    """
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _StatusColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+__all__ = ["progress_bar"]

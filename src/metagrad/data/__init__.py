@@ -1,4 +1,5 @@
-"""Few-shot datasets: a built-in glyph benchmark, sinusoid regression, loaders, episode sampling."""
+"""Datasets: a built-in glyph benchmark, sinusoid regression, few-shot loaders, episode sampling,
+and byte-level text from the Python standard library (or any local text)."""
 
 from .alphabets import alphabet_of, unicode_block
 from .baseline import BaselineResult, nearest_neighbour_baseline
@@ -28,6 +29,16 @@ from .omniglot import load_omniglot, omniglot_splits
 from .rendering import DEFAULT_FONTS, NO_JITTER, Jitter
 from .sinusoid import SinusoidTasks, iterate_sinusoid_tasks, sample_sinusoid_tasks, sinusoid
 from .summary import dataset_statistics, save_sample_grid, statistics_markdown
+from .text import (
+    TextConfig,
+    TextDataset,
+    TextSplit,
+    load_stdlib_text,
+    load_text,
+    stdlib_files,
+    stdlib_prose,
+    text_cache_path,
+)
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -42,6 +53,9 @@ __all__ = [
     "GlyphConfig",
     "Jitter",
     "SinusoidTasks",
+    "TextConfig",
+    "TextDataset",
+    "TextSplit",
     "Splits",
     "alphabet_of",
     "build_glyph_arrays",
@@ -56,6 +70,8 @@ __all__ = [
     "load_glyphs",
     "load_miniimagenet",
     "load_omniglot",
+    "load_stdlib_text",
+    "load_text",
     "miniimagenet_splits",
     "nearest_neighbour_baseline",
     "omniglot_splits",
@@ -66,5 +82,8 @@ __all__ = [
     "sinusoid",
     "split_alphabets",
     "statistics_markdown",
+    "stdlib_files",
+    "stdlib_prose",
+    "text_cache_path",
     "unicode_block",
 ]

@@ -1,0 +1,294 @@
+"""``metagrad meta``: meta-learning applications on a byte-level LM of real text.
+
+* ``metagrad meta reweight``: learned data weighting with a fraction of corrupted sequences.
+* ``metagrad meta lr``: learned per-layer learning rates against a grid of fixed ones.
+
+Both write ``metrics.jsonl``, ``checkpoint.pkl`` (resume with ``--resume``), ``report.md`` and PNG
+plots to ``--out``, the figures to ``--json``, and a memory report per differentiation mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+# Tiny sizes of ``--quick`` (a smoke test in seconds); explicit flags still override them.
+QUICK: dict[str, Any] = {
+    "width": 32,
+    "depth": 1,
+    "heads": 2,
+    "seq": 32,
+    "batch": 4,
+    "outer_batch": 8,
+    "steps": 2,
+    "meta_steps": 3,
+    "eval_sequences": 16,
+    "eval_every": 1,
+    "checkpoint_every": 2,
+}
+QUICK_REWEIGHT: dict[str, Any] = {**QUICK, "train_sequences": 64}
+DEFAULT_BUDGET = "4GiB"
+
+
+def _add_common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--text", help="a local text file or folder (default: the Python stdlib)")
+    p.add_argument("--mode", help="differentiation mode: mixflow (default), remat or reverse")
+    p.add_argument("--steps", type=int, help="inner steps T per meta-step (truncated unroll)")
+    p.add_argument("--meta-steps", type=int, help="meta-steps (windows of T inner steps)")
+    p.add_argument("--batch", type=int, help="training sequences per inner step")
+    p.add_argument("--outer-batch", type=int, help="validation sequences per meta-objective")
+    p.add_argument("--width", type=int, help="LM width")
+    p.add_argument("--depth", type=int, help="LM blocks")
+    p.add_argument("--heads", type=int, help="attention heads")
+    p.add_argument("--seq", type=int, help="bytes per sequence")
+    p.add_argument("--eval-sequences", type=int, help="validation sequences per evaluation")
+    p.add_argument("--eval-every", type=int, help="evaluation period (meta-steps)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint period (meta-steps)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--memory-budget",
+        help=f"budget of the largest-T report, e.g. 4GiB (default {DEFAULT_BUDGET}); with --quick "
+        "the report runs only if this is given",
+    )
+    p.add_argument(
+        "--no-memory-report", action="store_true", help="skip the compiled-memory report"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pkl")
+    p.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    p.add_argument("--out", type=Path, default=Path(out), help="run folder (default %(default)s)")
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``meta`` and its sub-commands to the ``metagrad`` parser."""
+    meta = subparsers.add_parser("meta", help="meta-learning applications on a byte-level LM")
+    sub = meta.add_subparsers(dest="meta_command", metavar="COMMAND")
+    sub.required = True
+    r = sub.add_parser("reweight", help="learned data weighting with corrupted sequences")
+    _add_common(r, "runs/meta-reweight")
+    r.add_argument("--corruption", help="shuffle (default), random or domain")
+    r.add_argument("--fraction", type=float, help="fraction of corrupted sequences (0.3)")
+    r.add_argument("--weights", help="scorer (default) or per-example")
+    r.add_argument("--scorer-hidden", type=int, help="hidden units of the scorer")
+    r.add_argument("--domain-text", help="out-of-domain text file for --corruption domain")
+    r.add_argument("--train-sequences", type=int, help="size of the training pool")
+    r.add_argument("--lr", type=float, help="inner Adam learning rate")
+    r.add_argument("--meta-lr", type=float, help="Adam learning rate of the weights")
+    r.set_defaults(func=run_reweight)
+    lr = sub.add_parser("lr", help="learned per-layer learning rates vs a grid of fixed ones")
+    _add_common(lr, "runs/meta-lr")
+    lr.add_argument("--grid", help="comma-separated fixed learning rates (5 by default)")
+    lr.add_argument("--init-lr", type=float, help="initial learned rate (default: grid middle)")
+    lr.add_argument("--meta-lr", type=float, help="Adam learning rate of the log-rates")
+    lr.set_defaults(func=run_lr)
+
+
+def _fail(command: str, message: str) -> SystemExit:
+    return SystemExit(f"metagrad meta {command}: {message}")
+
+
+def _flag_message(text: str, fields: set[str]) -> str:
+    """Names the command-line flag instead of the configuration field."""
+    for name in sorted(fields, key=len, reverse=True):
+        if any(text.startswith(name + sep) for sep in (" ", ":", "=")):
+            return "--" + name.replace("_", "-") + text[len(name) :]
+    return text
+
+
+def _config(command: str, cls: Any, args: argparse.Namespace, quick: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(quick) if args.quick else {}
+    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if isinstance(values.get("grid"), str):
+        try:
+            values["grid"] = tuple(float(x) for x in values["grid"].split(",") if x.strip())
+        except ValueError:
+            raise _fail(
+                command, f"--grid must be comma-separated numbers; got {args.grid!r}."
+            ) from None
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise _fail(command, _flag_message(str(err), fields)) from None
+
+
+def _budget(command: str, args: argparse.Namespace) -> int:
+    from metagrad.planner import parse_bytes
+
+    text = args.memory_budget or DEFAULT_BUDGET
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise _fail(command, f"--memory-budget: {err}") from None
+
+
+def _load(command: str, prepare: Any, config: Any) -> Any:
+    try:
+        return prepare(config)
+    except FileNotFoundError as err:
+        flag = "--domain-text" if "domain_text" in str(err) else "--text"
+        raise _fail(command, f"{flag}: {err}") from None
+    except ValueError as err:
+        text = str(err)
+        flag = "--domain-text" if "domain" in text else "--text"
+        raise _fail(command, f"{flag}: {_flag_message(text, {'train_sequences'})}") from None
+
+
+def _announce(args: argparse.Namespace) -> None:
+    """Says whether the run continues or starts over (a new run overwrites OUT's metrics)."""
+    from metagrad.bench.report import console
+
+    exists = (args.out / "checkpoint.pkl").exists()
+    if args.resume and not exists:
+        console.print(f"--resume: no checkpoint in {args.out}; starting a new run")
+    elif exists and not args.resume:
+        console.print(f"{args.out} holds a run: starting over (pass --resume to continue it)")
+
+
+def _memory(build: Any, config: Any, args: argparse.Namespace, budget: int) -> list[dict]:
+    from metagrad.autodiff import MODES
+    from metagrad.bench.report import console, print_table
+    from metagrad.meta.memory_report import memory_report
+
+    if args.no_memory_report:
+        return []
+    if args.quick and args.memory_budget is None:
+        # ~2·log2(T) compilations per mode take minutes even for the tiny model: a smoke test
+        # reports memory only when asked for with an explicit budget.
+        console.print("--quick: memory report skipped (give --memory-budget to run it)")
+        return []
+    rows = memory_report(build, MODES, config.steps, budget)
+    print_table(
+        f"meta-gradient memory per mode (compiled, T={config.steps}; largest T within "
+        f"{budget / 2**30:g} GiB)",
+        ["mode", "MiB at T", "largest T"],
+        [[r["mode"], r["total_mib"], r["largest_steps"]] for r in rows],
+    )
+    return rows
+
+
+def run_reweight(args: argparse.Namespace) -> int:
+    """``metagrad meta reweight``."""
+    import numpy as np
+
+    from metagrad.bench.report import console, print_table
+    from metagrad.data.cache import save_npz_atomic
+    from metagrad.files import write_json, write_text
+    from metagrad.meta import plots, reweight
+    from metagrad.meta.report import reweight_markdown
+    from metagrad.meta.runner import read_metrics
+
+    config = _config("reweight", reweight.ReweightConfig, args, QUICK_REWEIGHT)
+    budget = _budget("reweight", args)
+    _announce(args)
+    data = _load("reweight", reweight.prepare_data, config)
+    try:
+        summary = reweight.run_reweight(config, args.out, data=data, resume=args.resume)
+    except ValueError as err:
+        raise _fail("reweight", str(err)) from None
+    memory = _memory(reweight.meta_gradient_builder(config), config, args, budget)
+    weights, corrupted = summary.pop("weights"), summary.pop("corrupted")
+    save_npz_atomic(args.out / "weights.npz", weights=weights, corrupted=corrupted)
+    metrics = read_metrics(args.out / "metrics.jsonl")
+    what = f"{config.corruption} p={config.fraction}, {config.weights} weights, T={config.steps}"
+    paths = {
+        "validation loss": plots.plot_validation_curves(
+            metrics,
+            args.out / "validation.png",
+            steps_per_window=config.steps,
+            title=f"validation loss: uniform, oracle, learned\n({what})",
+            styles={"oracle": {"ls": "--"}, "learned": {"lw": 2}},
+        ),  # fmt: skip
+        "learned weights": plots.plot_weight_histogram(
+            weights,
+            corrupted,
+            args.out / "weights.png",
+            title=f"learned weights, clean vs corrupted: ROC AUC {summary['auc']:.4f}\n({what})",
+        ),  # fmt: skip
+    }
+    summary["memory"] = memory
+    summary["histogram"] = {
+        "bins": np.linspace(0, 1, 21).tolist(),
+        "clean": np.histogram(weights[~corrupted], np.linspace(0, 1, 21))[0].tolist(),
+        "corrupted": np.histogram(weights[corrupted], np.linspace(0, 1, 21))[0].tolist(),
+    }
+    summary["plots"] = {k: str(v) for k, v in paths.items()}
+    write_text(args.out / "report.md", reweight_markdown(
+        summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
+    write_json(args.out / "reweight.json", summary)
+    if args.json:
+        write_json(args.json, summary)
+    f = summary["final"]
+    print_table(
+        f"meta reweight ({what}; {summary['inner_steps']} inner steps per arm)",
+        ["arm", "val loss", "test loss", "s / meta-step"],
+        [[a, f[a]["val_loss"], f[a]["test_loss"], summary["step_time_s"][a]] for a in f],
+    )
+    console.print(
+        f"ROC AUC {summary['auc']:.4f}; learned is "
+        f"{'closer to the oracle' if summary['closer_to_oracle'] else 'NOT closer to the oracle'}"
+        f" ({100 * (summary['gap_closed'] or 0):.0f}% of the gap closed); training "
+        f"{summary['wall_s'] / 60:.1f} min; report {args.out / 'report.md'}"
+    )
+    return 0
+
+
+def run_lr(args: argparse.Namespace) -> int:
+    """``metagrad meta lr``."""
+    from metagrad.bench.report import console, print_table
+    from metagrad.files import write_json, write_text
+    from metagrad.meta import learning_rates, plots
+    from metagrad.meta.report import lr_markdown
+    from metagrad.meta.runner import read_metrics
+
+    config = _config("lr", learning_rates.LRConfig, args, QUICK)
+    budget = _budget("lr", args)
+    _announce(args)
+    data = _load("lr", learning_rates.prepare_data, config)
+    try:
+        summary = learning_rates.run_learning_rates(config, args.out, data=data,
+                                                    resume=args.resume)  # fmt: skip
+    except ValueError as err:
+        raise _fail("lr", str(err)) from None
+    memory = _memory(learning_rates.meta_gradient_builder(config), config, args, budget)
+    metrics = read_metrics(args.out / "metrics.jsonl")
+    styles = {"learned": {"lw": 2.5, "color": "k"}}
+    paths = {
+        "validation loss": plots.plot_validation_curves(
+            metrics,
+            args.out / "validation.png",
+            steps_per_window=config.steps,
+            title=f"validation loss: learned per-layer rates vs fixed rates (T={config.steps})",
+            styles=styles,
+        ),  # fmt: skip
+        "learned learning rates": plots.plot_learned_rates(
+            metrics,
+            config.grid,
+            args.out / "learning_rates.png",
+            steps_per_window=config.steps,
+            title="learned per-layer learning rates over training",
+        ),  # fmt: skip
+    }
+    summary["memory"] = memory
+    summary["plots"] = {k: str(v) for k, v in paths.items()}
+    write_text(args.out / "report.md", lr_markdown(
+        summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
+    write_json(args.out / "lr.json", summary)
+    if args.json:
+        write_json(args.json, summary)
+    f = summary["final"]
+    print_table(
+        f"meta lr (T={config.steps}, {summary['inner_steps']} inner steps per arm)",
+        ["arm", "val loss", "test loss", "s / step"],
+        [[a, v["val_loss"], v["test_loss"], summary["step_time_s"][a]] for a, v in f.items()],
+    )
+    best = summary["best_grid"]
+    console.print(
+        f"learned {f['learned']['val_loss']:.4f} vs best fixed {best['arm']} "
+        f"{best['val_loss']:.4f}: {'at least as low' if summary['learned_beats_best'] else 'higher'}"
+        f"; meta-overhead × {summary['meta_overhead']:.2f}; training {summary['wall_s'] / 60:.1f}"
+        f" min; report {args.out / 'report.md'}"
+    )
+    return 0

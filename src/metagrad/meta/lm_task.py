@@ -1,0 +1,113 @@
+"""The language-modelling task both applications share: model, data order and evaluation.
+
+* The model is :class:`metagrad.models.DecoderLM` over bytes (vocabulary 256).
+* The data of step ``s`` is a function of ``(seed, s)`` only (so resuming is exact): training
+  batches walk through seeded per-epoch permutations of a pool of sequences, so every sequence is
+  visited equally often; the outer (validation) batch of step ``s`` is drawn with its own seed.
+* Evaluation is the mean next-byte cross-entropy (nats per byte) over a fixed set of sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metagrad.data.text import TextConfig, TextDataset, load_stdlib_text, load_text
+from metagrad.models import DecoderLM
+
+
+@dataclasses.dataclass(frozen=True)
+class LMSpec:
+    """The byte-level decoder LM of an experiment.
+
+    Attributes:
+      width, depth, heads: transformer sizes.
+      seq: bytes per sequence.
+    """
+
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    seq: int = 128
+
+    def model(self) -> DecoderLM:
+        """The ``DecoderLM`` (vocabulary 256, ``max_len = seq``)."""
+        return DecoderLM(
+            vocab_size=256, width=self.width, depth=self.depth, heads=self.heads, max_len=self.seq
+        )
+
+
+def load_corpus(text: str | None, seq: int, *, progress: bool = True) -> TextDataset:
+    """The stdlib corpus (``text=None``) or the user's text file / folder, in ``seq``-byte
+    sequences."""
+    config = TextConfig(seq_len=seq)
+    if text is None:
+        return load_stdlib_text(config, progress=progress)
+    return load_text(text, config, progress=progress)
+
+
+def window_indices(seed: int, step: int, steps: int, batch: int, pool: int) -> np.ndarray:
+    """Indices ``(steps, batch)`` into a pool of ``pool`` sequences for window ``step`` (from 1).
+
+    Window ``s`` takes positions ``(s-1)·steps·batch ...`` of the infinite sequence formed by
+    concatenating seeded permutations of the pool (one per epoch): equal visits, deterministic.
+    """
+    per_window = steps * batch
+    first = (step - 1) * per_window
+    positions = np.arange(first, first + per_window)
+    epochs = positions // pool
+    out = np.empty(per_window, np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(pool)
+        sel = epochs == epoch
+        out[sel] = perm[positions[sel] % pool]
+    return out.reshape(steps, batch)
+
+
+def outer_indices(seed: int, step: int, batch: int, pool: int) -> np.ndarray:
+    """Indices ``(batch,)`` of the outer (validation) batch of window ``step``."""
+    rng = np.random.default_rng([seed, step, 0x0E7])
+    return rng.choice(pool, size=min(batch, pool), replace=False)
+
+
+def eval_indices(seed: int, n: int, pool: int) -> np.ndarray:
+    """A fixed random subset of ``min(n, pool)`` sequences for evaluation (sorted)."""
+    rng = np.random.default_rng([seed, 0xE7A1])
+    return np.sort(rng.choice(pool, size=min(n, pool), replace=False))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_fn(model: DecoderLM, chunk: int) -> Any:
+    @jax.jit
+    def fn(params: Any, tokens: jax.Array) -> jax.Array:
+        chunks = tokens.reshape(-1, chunk, tokens.shape[-1])
+        return jax.lax.map(lambda t: model.sequence_losses(params, t), chunks).reshape(-1)
+
+    return fn
+
+
+def sequence_losses(
+    model: DecoderLM, params: Any, tokens: np.ndarray, chunk: int = 64
+) -> np.ndarray:
+    """Per-sequence mean next-byte loss (nats) of ``tokens`` ``(n, seq)``, in chunks."""
+    n = len(tokens)
+    chunk = max(1, min(chunk, n))
+    padded = -(-n // chunk) * chunk
+    tok = np.zeros((padded, tokens.shape[1]), np.int32)
+    tok[:n] = tokens
+    return np.asarray(_eval_fn(model, chunk)(params, jnp.asarray(tok)))[:n]
+
+
+def mean_loss(model: DecoderLM, params: Any, tokens: np.ndarray) -> float:
+    """Mean next-byte cross-entropy (nats per byte) over ``tokens``."""
+    return float(np.mean(sequence_losses(model, params, tokens)))
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -1,0 +1,190 @@
+"""Online meta-learning through truncated unrolls: train, meta-update, and keep training.
+
+A full meta-gradient would differentiate the validation loss through the *whole* training run.
+Online (truncated) meta-learning cuts that run into windows of T inner steps. Each meta-step
+
+1. runs T inner optimiser steps from the current parameters and optimiser state, with the
+   current meta-parameters (``metagrad.unroll``: the differentiation mode is a switch);
+2. takes the exact meta-gradient of the outer (validation) loss at the end of the window with
+   respect to the meta-parameters, through those T steps;
+3. updates the meta-parameters with the outer optimiser;
+4. **continues training from the unrolled parameters and optimiser state** of step 1, so meta-
+   learning costs no extra training steps: the learner's trajectory is the unrolled one.
+
+The parameters and inner optimiser state that enter a window are constants for its meta-gradient
+(the truncation); the inner optimiser state is carried across windows, so Adam's moments are not
+reset every T steps.
+
+This is the generic machinery; data weighting (:mod:`metagrad.meta.reweight`) and learning rates
+(:mod:`metagrad.meta.learning_rates`) are two configurations of it.
+
+References:
+    Ren, Zeng, Yang, Urtasun. *Learning to Reweight Examples for Robust Deep Learning*, ICML 2018.
+    Baydin, Cornish, Martínez Rubio, Schmidt, Wood. *Online Learning Rate Adaptation with
+    Hypergradient Descent*, ICLR 2018.
+    Franceschi, Donini, Frasconi, Pontil. *Forward and Reverse Gradient-Based Hyperparameter
+    Optimization*, ICML 2017.
+    Kemaev et al. *Scalable Meta-Learning via Mixed-Mode Differentiation* (MixFlow-MG), ICML 2025.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metagrad.autodiff import validate_mode
+from metagrad.autodiff import value_and_grad as inner_value_and_grad
+from metagrad.unroll import unroll
+
+Params = Any
+Meta = Any
+Batch = Any
+Loss = Callable[[Params, Meta, Batch], jax.Array]
+OptimizerOf = Callable[[Meta], optax.GradientTransformation]
+
+
+class WindowResult(NamedTuple):
+    """What one truncated window returns.
+
+    Attributes:
+      outer: the outer loss at the end of the window.
+      meta_grad: its gradient with respect to the meta-parameters.
+      params: the parameters after the T inner steps (training continues from here).
+      inner_state: the inner optimiser state after the T inner steps.
+      inner_losses: the inner loss of each of the T steps, shape ``(T,)``.
+    """
+
+    outer: jax.Array
+    meta_grad: Meta
+    params: Params
+    inner_state: Any
+    inner_losses: jax.Array
+
+
+def inner_training(
+    inner_loss: Loss, optimizer_of: OptimizerOf, meta: Meta
+) -> Callable[[tuple[Params, Any], Batch], tuple[tuple[Params, Any], jax.Array]]:
+    """One inner step ``(params, opt_state), batch -> (params', opt_state'), loss``.
+
+    The inner gradient is ``metagrad.value_and_grad``, so ``metagrad.unroll``'s mode decides how
+    the meta-gradient through it is computed.
+    """
+    opt = optimizer_of(meta)
+    loss_and_grad = inner_value_and_grad(inner_loss)
+
+    def step(carry: tuple[Params, Any], batch: Batch) -> tuple[tuple[Params, Any], jax.Array]:
+        params, state = carry
+        loss, g = loss_and_grad(params, meta, batch)
+        updates, state = opt.update(g, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    return step
+
+
+def window_value_and_grad(
+    inner_loss: Loss, outer_loss: Loss, optimizer_of: OptimizerOf, *, mode: str = "mixflow"
+) -> Callable[[Meta, Params, Any, Batch, Batch], WindowResult]:
+    """The meta-gradient of one truncated window (not jitted: compose or jit it).
+
+    Args:
+      inner_loss: ``(params, meta, batch) -> scalar``: the training loss of one inner step.
+      outer_loss: ``(params, meta, batch) -> scalar``: the objective at the end of the window
+        (typically a clean validation loss).
+      optimizer_of: ``meta -> optax.GradientTransformation``: the inner optimiser (meta-
+        parameters may be its hyper-parameters). Its state structure must not depend on ``meta``.
+      mode: ``"reverse"``, ``"remat"`` or ``"mixflow"`` (see ``metagrad.unroll``).
+
+    Returns:
+      ``fn(meta, params, inner_state, batches, outer_batch) -> WindowResult``; ``batches`` has a
+      leading axis of size T (one batch per inner step).
+    """
+    validate_mode(mode, "mode")
+
+    def outer(meta: Meta, params: Params, state: Any, batches: Batch, outer_batch: Batch) -> Any:
+        step = inner_training(inner_loss, optimizer_of, meta)
+        (params_t, state_t), losses = unroll(step, (params, state), batches, mode=mode)
+        value = outer_loss(params_t, meta, outer_batch)
+        if jnp.shape(value) != ():
+            raise TypeError(
+                f"outer_loss must return a scalar; got shape {jnp.shape(value)}. Reduce it, e.g. "
+                "with jnp.mean."
+            )
+        return value, (params_t, state_t, losses)
+
+    value_and_meta_grad = jax.value_and_grad(outer, has_aux=True)
+
+    def fn(
+        meta: Meta, params: Params, state: Any, batches: Batch, outer_batch: Batch
+    ) -> WindowResult:
+        (value, (params_t, state_t, losses)), g = value_and_meta_grad(
+            meta, params, state, batches, outer_batch
+        )
+        return WindowResult(value, g, params_t, state_t, losses)
+
+    return fn
+
+
+def online_meta_step(
+    inner_loss: Loss,
+    outer_loss: Loss,
+    optimizer_of: OptimizerOf,
+    meta_optimizer: optax.GradientTransformation,
+    *,
+    mode: str = "mixflow",
+) -> Callable[..., tuple[Meta, Any, WindowResult]]:
+    """A jitted online meta-step: one truncated window, then a meta-update.
+
+    Args:
+      inner_loss, outer_loss, optimizer_of, mode: as in :func:`window_value_and_grad`.
+      meta_optimizer: optax transformation of the meta-parameters.
+
+    Returns:
+      ``step(meta, meta_state, params, inner_state, batches, outer_batch) -> (meta', meta_state',
+      window)``; continue training from ``window.params`` and ``window.inner_state``.
+    """
+    window = window_value_and_grad(inner_loss, outer_loss, optimizer_of, mode=mode)
+
+    @jax.jit
+    def step(
+        meta: Meta,
+        meta_state: Any,
+        params: Params,
+        inner_state: Any,
+        batches: Batch,
+        outer_batch: Batch,
+    ) -> tuple[Meta, Any, WindowResult]:
+        result = window(meta, params, inner_state, batches, outer_batch)
+        updates, meta_state = meta_optimizer.update(result.meta_grad, meta_state, meta)
+        return optax.apply_updates(meta, updates), meta_state, result
+
+    return step
+
+
+def training_window(
+    inner_loss: Loss, optimizer_of: OptimizerOf
+) -> Callable[..., tuple[Params, Any, jax.Array]]:
+    """A jitted window of T plain training steps (no meta-gradient): the baselines' step.
+
+    Returns:
+      ``fn(meta, params, inner_state, batches) -> (params', inner_state', losses (T,))``;
+      ``meta`` holds whatever the loss and optimiser read (e.g. a fixed learning rate).
+    """
+
+    @jax.jit
+    def fn(meta: Meta, params: Params, state: Any, batches: Batch) -> tuple[Params, Any, Any]:
+        opt = optimizer_of(meta)
+
+        def step(carry: tuple[Params, Any], batch: Batch) -> tuple[tuple[Params, Any], Any]:
+            p, s = carry
+            loss, g = jax.value_and_grad(inner_loss)(p, meta, batch)
+            updates, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+
+        (params, state), losses = jax.lax.scan(step, (params, state), batches)
+        return params, state, losses
+
+    return fn

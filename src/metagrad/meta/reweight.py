@@ -1,0 +1,443 @@
+"""Learned data weighting of a byte-level LM on partly corrupted text (``metagrad meta reweight``).
+
+A fraction p of the training sequences is corrupted (:mod:`metagrad.meta.corruption`). Three arms
+train the same decoder LM from the same initialisation with the same number of inner Adam steps:
+
+* ``uniform``: every training sequence counts equally (corrupted ones included);
+* ``oracle``: the corrupted sequences are removed (the best a weighting could do);
+* ``learned``: example weights (:mod:`metagrad.meta.weighting`) are meta-learned online: every
+  window of T inner steps on weighted batches is differentiated (``metagrad.unroll``, ``mode``)
+  to get the meta-gradient of the clean validation loss at its end, the weights take an Adam step,
+  and training continues from the window's parameters (:mod:`metagrad.meta.online`).
+
+The learned weights are scored against the truth with the ROC AUC (clean = positive).
+
+References:
+    Ren, Zeng, Yang, Urtasun. *Learning to Reweight Examples for Robust Deep Learning*, ICML 2018.
+    Shu et al. *Meta-Weight-Net: Learning an Explicit Mapping for Sample Weighting*, NeurIPS 2019.
+    Kemaev et al. *Scalable Meta-Learning via Mixed-Mode Differentiation*, ICML 2025.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metagrad.autodiff import MODES
+from metagrad.data.text import stdlib_prose
+from metagrad.meta.auc import roc_auc
+from metagrad.meta.corruption import CORRUPTIONS, corrupt
+from metagrad.meta.lm_task import (
+    LMSpec,
+    count_params,
+    eval_indices,
+    load_corpus,
+    mean_loss,
+    outer_indices,
+    sequence_losses,
+    window_indices,
+)
+from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
+from metagrad.meta.runner import METRICS, Arm, read_metrics, run_arms
+from metagrad.meta.weighting import WEIGHTINGS, WeightModel, make_weight_model, weighted_mean
+
+ARMS: tuple[str, ...] = ("uniform", "oracle", "learned")
+#: Adam learning rate of the meta-parameters when ``meta_lr`` is not given, per weight model.
+DEFAULT_META_LR = {"per-example": 0.3, "scorer": 0.01}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReweightConfig:
+    """Everything that defines a reweighting run (stored in the checkpoint).
+
+    Attributes:
+      text: a local text file or folder (None: the Python standard library's sources).
+      domain_text: out-of-domain text file for ``corruption="domain"`` (None: the Python
+        documentation's prose, :func:`metagrad.data.stdlib_prose`).
+      corruption: ``"shuffle"``, ``"random"`` or ``"domain"``.
+      fraction: fraction p of corrupted training sequences.
+      weights: ``"per-example"`` (one logit per sequence) or ``"scorer"`` (an MLP on features).
+      scorer_hidden: hidden units of the scorer.
+      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``).
+      steps: inner steps T per window (truncated unroll).
+      meta_steps: windows (meta-steps); every arm takes ``meta_steps * steps`` inner steps.
+      batch: training sequences per inner step.
+      outer_batch: validation sequences in each meta-objective.
+      train_sequences: size of the (partly corrupted) training pool.
+      width, depth, heads, seq: the decoder LM and the sequence length in bytes.
+      lr: inner Adam learning rate.
+      meta_lr: Adam learning rate of the meta-parameters (None: :data:`DEFAULT_META_LR`).
+      eval_sequences: validation (and test) sequences of each evaluation.
+      eval_every: evaluation period in meta-steps.
+      checkpoint_every: checkpoint period in meta-steps.
+      seed: seed of the data subset, corruption, order and initialisations.
+    """
+
+    text: str | None = None
+    domain_text: str | None = None
+    corruption: str = "shuffle"
+    fraction: float = 0.3
+    weights: str = "scorer"
+    scorer_hidden: int = 32
+    mode: str = "mixflow"
+    steps: int = 4
+    meta_steps: int = 300
+    batch: int = 16
+    outer_batch: int = 32
+    train_sequences: int = 2048
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    seq: int = 128
+    lr: float = 3e-3
+    meta_lr: float | None = None
+    eval_sequences: int = 512
+    eval_every: int = 20
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.corruption not in CORRUPTIONS:
+            raise ValueError(
+                f"corruption must be one of {', '.join(CORRUPTIONS)}; got {self.corruption!r}."
+            )
+        if self.weights not in WEIGHTINGS:
+            raise ValueError(
+                f"weights must be one of {', '.join(WEIGHTINGS)}; got {self.weights!r}."
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1); got {self.fraction!r}.")
+        for name in ("steps", "meta_steps", "batch", "outer_batch", "train_sequences", "width",
+                     "depth", "heads", "seq", "eval_sequences", "scorer_hidden"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if self.seq < 2:
+            raise ValueError(f"seq must be >= 2 (an input byte and a target); got {self.seq}.")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        for name in ("lr", "meta_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0; got {value!r}.")
+
+    @property
+    def spec(self) -> LMSpec:
+        """The decoder LM's sizes."""
+        return LMSpec(self.width, self.depth, self.heads, self.seq)
+
+    @property
+    def effective_meta_lr(self) -> float:
+        """``meta_lr``, or the weight model's default."""
+        return self.meta_lr if self.meta_lr is not None else DEFAULT_META_LR[self.weights]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReweightData:
+    """The data of a run.
+
+    Attributes:
+      train: ``uint8 (n, seq)`` training pool, with the corrupted rows replaced.
+      corrupted: ``(n,)`` True for corrupted rows.
+      val: validation pool (meta-objective batches are drawn from it).
+      val_eval: the fixed validation sequences of every evaluation.
+      test_eval: test sequences of the final evaluation.
+      source: where the text came from.
+    """
+
+    train: np.ndarray
+    corrupted: np.ndarray
+    val: np.ndarray
+    val_eval: np.ndarray
+    test_eval: np.ndarray
+    source: str
+
+    @property
+    def clean_indices(self) -> np.ndarray:
+        """Indices of the clean training sequences (the oracle's pool)."""
+        return np.flatnonzero(~self.corrupted)
+
+
+def prepare_data(config: ReweightConfig, *, progress: bool = True) -> ReweightData:
+    """Loads the corpus, draws the training pool and corrupts a fraction of it."""
+    corpus = load_corpus(config.text, config.seq, progress=progress)
+    n = len(corpus.train)
+    if n < config.train_sequences:
+        raise ValueError(
+            f"train_sequences={config.train_sequences} but the corpus has only {n} training "
+            f"sequences of {config.seq} bytes; lower it or give more text."
+        )
+    rng = np.random.default_rng([config.seed, 0x7EA1])
+    pool = np.sort(rng.choice(n, size=config.train_sequences, replace=False))
+    domain = None
+    if config.corruption == "domain":
+        if config.domain_text is None:
+            domain = stdlib_prose(min_len=config.seq)
+        else:
+            path = Path(config.domain_text).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"domain_text {config.domain_text!r} is not a file; pass a text file."
+                )
+            domain = path.read_bytes()
+    train, corrupted = corrupt(
+        corpus.train.tokens[pool], config.fraction, config.corruption, config.seed,
+        domain_text=domain,
+    )  # fmt: skip
+    val = corpus.val.tokens
+    test = corpus.test.tokens
+    return ReweightData(
+        train=train,
+        corrupted=corrupted,
+        val=val,
+        val_eval=val[eval_indices(config.seed, config.eval_sequences, len(val))],
+        test_eval=test[eval_indices(config.seed + 1, config.eval_sequences, len(test))],
+        source=corpus.source,
+    )
+
+
+def _init_params(config: ReweightConfig) -> Any:
+    return config.spec.model().init(jax.random.PRNGKey(config.seed))
+
+
+def learned_weights(
+    config: ReweightConfig, weight_model: WeightModel, meta: Any, params: Any, train: np.ndarray
+) -> np.ndarray:
+    """The learned weight of every training sequence (the scorer sees their current losses)."""
+    index = jnp.arange(len(train))
+    losses = jnp.zeros(len(train))
+    if config.weights == "scorer":
+        losses = jnp.asarray(sequence_losses(config.spec.model(), params, train))
+    return np.asarray(weight_model.weights(meta, jnp.asarray(train, jnp.int32), index, losses))
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(config: ReweightConfig, n: int) -> tuple[Any, Any]:
+    """The jitted plain window and online meta-step, shared by runs of one configuration in a
+    process (a resumed run, or a test's second run, reuses the compiled programs)."""
+    model = config.spec.model()
+    weight_model = make_weight_model(config.weights, n, config.scorer_hidden)
+    inner_opt = optax.adam(config.lr)
+
+    def plain_loss(p: Any, _: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        return jnp.mean(model.sequence_losses(p, batch["tokens"]))
+
+    def weighted_loss(p: Any, meta: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        losses = model.sequence_losses(p, batch["tokens"])
+        w = weight_model.weights(meta, batch["tokens"], batch["index"], losses)
+        return weighted_mean(losses, w)
+
+    def outer_loss(p: Any, _: Any, tokens: jax.Array) -> jax.Array:
+        return jnp.mean(model.sequence_losses(p, tokens))
+
+    plain_window = training_window(plain_loss, lambda _: inner_opt)
+    meta_step = online_meta_step(weighted_loss, outer_loss, lambda _: inner_opt,
+                                 optax.adam(config.effective_meta_lr), mode=config.mode)  # fmt: skip
+    return plain_window, meta_step
+
+
+def make_arms(config: ReweightConfig, data: ReweightData) -> dict[str, Arm]:
+    """The uniform, oracle and learned arms (see the module docstring)."""
+    model = config.spec.model()
+    n = len(data.train)
+    weight_model = make_weight_model(config.weights, n, config.scorer_hidden)
+    inner_opt = optax.adam(config.lr)
+    meta_opt = optax.adam(config.effective_meta_lr)
+    clean = data.clean_indices
+    train_tokens = jnp.asarray(data.train, jnp.int32)
+    val_tokens = jnp.asarray(data.val, jnp.int32)
+    # Fields that do not change the programs are normalised out of the cache key.
+    key = dataclasses.replace(config, meta_steps=1, eval_every=0, checkpoint_every=0,
+                              eval_sequences=1, seed=0, text=None, domain_text=None)  # fmt: skip
+    plain_window, meta_step = _programs(key, n)
+
+    def batches(index: np.ndarray) -> dict[str, jax.Array]:
+        idx = jnp.asarray(index, jnp.int32)
+        return {"tokens": train_tokens[idx], "index": idx}
+
+    def plain_init() -> dict[str, Any]:
+        params = _init_params(config)
+        return {"params": params, "opt_state": inner_opt.init(params)}
+
+    def plain_arm(pool: np.ndarray | None) -> Arm:
+        def advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, float]]:
+            size = n if pool is None else len(pool)
+            index = window_indices(config.seed, step, config.steps, config.batch, size)
+            index = index if pool is None else pool[index]
+            params, opt_state, losses = plain_window(
+                jnp.zeros(()), state["params"], state["opt_state"], batches(index)
+            )
+            return {"params": params, "opt_state": opt_state}, {"loss": jnp.mean(losses)}
+
+        return Arm(plain_init, advance, lambda s: {"loss": mean_loss(model, s["params"],
+                                                                     data.val_eval)})  # fmt: skip
+
+    def learned_init() -> dict[str, Any]:
+        meta = weight_model.init(jax.random.PRNGKey(config.seed + 1))
+        return {**plain_init(), "meta": meta, "meta_state": meta_opt.init(meta)}
+
+    def learned_advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict]:
+        index = window_indices(config.seed, step, config.steps, config.batch, n)
+        outer = val_tokens[outer_indices(config.seed, step, config.outer_batch, len(data.val))]
+        meta, meta_state, window = meta_step(
+            state["meta"], state["meta_state"], state["params"], state["opt_state"],
+            batches(index), outer,
+        )  # fmt: skip
+        new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
+               "meta_state": meta_state}  # fmt: skip
+        return new, {"loss": jnp.mean(window.inner_losses), "outer": window.outer,
+                     "meta_grad_norm": optax.tree.norm(window.meta_grad)}  # fmt: skip
+
+    def learned_evaluate(state: dict[str, Any]) -> dict[str, float]:
+        w = learned_weights(config, weight_model, state["meta"], state["params"], data.train)
+        return {
+            "loss": mean_loss(model, state["params"], data.val_eval),
+            "auc": roc_auc(w, ~data.corrupted),
+            "weight_clean": float(np.mean(w[~data.corrupted])),
+            "weight_corrupted": float(np.mean(w[data.corrupted])),
+        }
+
+    return {
+        "uniform": plain_arm(None),
+        "oracle": plain_arm(clean),
+        "learned": Arm(learned_init, learned_advance, learned_evaluate),
+    }
+
+
+def run_reweight(
+    config: ReweightConfig,
+    out: str | os.PathLike[str],
+    *,
+    data: ReweightData | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Trains the three arms (resuming from ``out/checkpoint.pkl`` with ``resume``) and summarises.
+
+    Args:
+      config: the run.
+      out: output folder (``checkpoint.pkl``, ``metrics.jsonl``).
+      data: the prepared data (default: :func:`prepare_data`).
+      resume: continue from an existing checkpoint.
+      show_progress: rich progress bars on stderr.
+      stop_after: stop after this meta-step (simulates a kill; tests).
+
+    Returns:
+      A JSON-ready summary (see :func:`summarise`), with the learned ``weights`` and the
+      ``corrupted`` mask as arrays; ``killed`` is True if stopped by ``stop_after``.
+    """
+    data = data if data is not None else prepare_data(config, progress=show_progress)
+    arms = make_arms(config, data)
+    start = time.perf_counter()
+    result = run_arms(
+        arms,
+        config=dataclasses.asdict(config),
+        out=out,
+        steps=config.meta_steps,
+        eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every,
+        resume=resume,
+        show_progress=show_progress,
+        stop_after=stop_after,
+        title=f"meta reweight ({config.weights}, {config.corruption} p={config.fraction})",
+        extensible=("meta_steps", "eval_every", "checkpoint_every"),
+    )
+    wall = time.perf_counter() - start
+    if result["killed"]:
+        return {"killed": True, "step": result["step"]}
+    return summarise(config, data, result["states"], Path(out), wall)
+
+
+def summarise(
+    config: ReweightConfig,
+    data: ReweightData,
+    states: dict[str, Any],
+    out: Path,
+    wall_s: float,
+) -> dict[str, Any]:
+    """Final figures: validation and test losses per arm, AUC, weights, timings, curves."""
+    model = config.spec.model()
+    n = len(data.train)
+    weight_model = make_weight_model(config.weights, n, config.scorer_hidden)
+    learned = states["learned"]
+    w = learned_weights(config, weight_model, learned["meta"], learned["params"], data.train)
+    metrics = read_metrics(out / METRICS)
+    final = {
+        arm: {
+            "val_loss": mean_loss(model, states[arm]["params"], data.val_eval),
+            "test_loss": mean_loss(model, states[arm]["params"], data.test_eval),
+        }
+        for arm in ARMS
+    }
+    times = {
+        arm: float(np.median([m["time_s"] for m in metrics if m["arm"] == arm and "time_s" in m]))
+        for arm in ARMS
+    }
+    uniform, oracle, mine = (final[a]["val_loss"] for a in ARMS)
+    visits = np.zeros(n, np.int64)
+    for step in range(1, config.meta_steps + 1):
+        np.add.at(visits, window_indices(config.seed, step, config.steps, config.batch, n), 1)
+    return {
+        "config": dataclasses.asdict(config),
+        "source": data.source,
+        "n_params": count_params(learned["params"]),
+        "inner_steps": config.meta_steps * config.steps,
+        "final": final,
+        "auc": roc_auc(w, ~data.corrupted),
+        "weight_mean_clean": float(np.mean(w[~data.corrupted])),
+        "weight_mean_corrupted": float(np.mean(w[data.corrupted])),
+        "closer_to_oracle": bool(abs(mine - oracle) < abs(mine - uniform)),
+        "gap_closed": float((uniform - mine) / (uniform - oracle)) if uniform != oracle else None,
+        "visits_min": int(visits.min()),
+        "visits_mean": float(visits.mean()),
+        "step_time_s": times,
+        "meta_overhead": times["learned"] / times["uniform"],
+        "wall_s": wall_s,
+        "weights": w,
+        "corrupted": data.corrupted,
+        "metrics": str(out / METRICS),
+    }
+
+
+def meta_gradient_builder(config: ReweightConfig) -> Any:
+    """``(mode, T) -> (jitted meta-gradient, abstract arguments)`` of one window, for the memory
+    report (compile only: the arguments are ``jax.ShapeDtypeStruct``s)."""
+    model = config.spec.model()
+    weight_model = make_weight_model(config.weights, config.train_sequences, config.scorer_hidden)
+    inner_opt = optax.adam(config.lr)
+
+    def weighted_loss(p: Any, meta: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        losses = model.sequence_losses(p, batch["tokens"])
+        return weighted_mean(losses, weight_model.weights(meta, batch["tokens"], batch["index"],
+                                                          losses))  # fmt: skip
+
+    def outer_loss(p: Any, _: Any, tokens: jax.Array) -> jax.Array:
+        return jnp.mean(model.sequence_losses(p, tokens))
+
+    params = jax.eval_shape(lambda: _init_params(config))
+    meta = jax.eval_shape(weight_model.init, jax.random.PRNGKey(0))
+    opt_state = jax.eval_shape(inner_opt.init, params)
+
+    def build(mode: str, steps: int) -> tuple[Any, tuple[Any, ...]]:
+        fn = window_value_and_grad(weighted_loss, outer_loss, lambda _: inner_opt, mode=mode)
+        batches = {
+            "tokens": jax.ShapeDtypeStruct((steps, config.batch, config.seq), jnp.int32),
+            "index": jax.ShapeDtypeStruct((steps, config.batch), jnp.int32),
+        }
+        outer = jax.ShapeDtypeStruct((config.outer_batch, config.seq), jnp.int32)
+        return jax.jit(fn), (meta, params, opt_state, batches, outer)
+
+    return build

@@ -69,3 +69,68 @@ def test_unknown_sweep_parameter():
 
     with pytest.raises(ValueError, match="unknown parameter 'Q'"):
         sweep("Q", [1], ["mixflow"])
+
+
+def test_unroll_quick_writes_json_and_png(tmp_path, capsys):
+    path = tmp_path / "unroll.json"
+    code = main(
+        [
+            "bench",
+            "unroll",
+            "--quick",
+            "--cases",
+            "mlp",
+            "--steps",
+            "2,4",
+            "--strategies",
+            "mixflow,mixflow+sqrt,reversible",
+            "--repeats",
+            "1",
+            "--largest-limit",
+            "8",
+            "--json",
+            str(path),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    payload = json.loads(path.read_text())
+    results = payload["results"]
+    assert {(r["steps"], r["strategy"]) for r in results} == {
+        (t, s) for t in (2, 4) for s in ("mixflow", "mixflow+sqrt", "reversible")
+    }
+    for row in results:
+        assert row["ran"] and row["temp_mib"] > 0 and row["median_s"] > 0
+    assert all(r["largest_steps"] == 8 for r in payload["largest"])  # tiny: the limit fits
+    assert {r["limited_by"] for r in payload["largest"]} == {"search limit"}
+    for row in payload["validation"]:
+        assert row["choice"] in row["fitting"] and row["ratio"] > 0
+        assert row["verdict"] in ("fastest", "tie", "slower")
+    assert payload["acceptance"]["steps"] == 4
+    assert (tmp_path / "long_unroll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mode='auto' check" in capsys.readouterr().out
+
+
+def test_unroll_max_run_memory_compiles_only(tmp_path):
+    path = tmp_path / "unroll.json"
+    argv = ["bench", "unroll", "--quick", "--cases", "mlp", "--steps", "2"]
+    argv += ["--strategies", "reverse", "--max-run-memory", "1KiB", "--largest-limit", "0"]
+    assert main([*argv, "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert not row["ran"] and row["median_s"] is None and row["total_mib"] > 1 / 1024
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cases", "maml"], "--cases takes a comma-separated subset of lm, mlp; got 'maml'"),
+        (["--steps", "8,x"], "--steps takes comma-separated positive ints"),
+        (["--strategies", "fast"], "--strategies takes a comma-separated subset of reverse"),
+        (["--budget", "big"], "--budget: memory budget must be a positive size"),
+        (["--max-run-memory", "0GiB"], "--max-run-memory: memory budget must be a positive"),
+    ],
+)
+def test_unroll_bad_arguments(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "unroll", *argv])

@@ -3,14 +3,44 @@
 A *strategy* is a differentiation mode plus a trajectory checkpoint schedule. The planner compiles
 the meta-gradient of each candidate without running it, reads the compiled memory
 (``memory_analysis``) and cost (``cost_analysis``: FLOPs and bytes accessed), and estimates the
-time with a roofline, ``max(flops / F, bytes / B)``. F and B are measured once per process on this
-machine with two micro-benchmarks. It then picks the fastest candidate that fits the budget.
+time with a roofline (below) from the machine's FLOP/s F and bytes/s B, measured once per process
+with two micro-benchmarks. It then picks the fastest candidate that fits the budget.
 
-XLA's cost analysis counts the body of a loop once, whatever its trip count. For unrolled loops the
-estimate is therefore "per iteration of each loop". It is comparable between candidates of one
-problem (they have the same number of steps), but it is not an absolute run time. Bytes accessed is
-what separates the modes: mixed mode does more FLOPs than reverse-over-reverse yet runs faster,
-because it moves far fewer bytes.
+The estimate needs care, because XLA's cost analysis counts the body of a loop once, whatever its
+trip count. When a candidate knows its number of steps T (``Candidate.steps``, set by
+``default_candidates``), the planner estimates the whole loop as the sum of two terms
+(``estimate_times``):
+
+* **Compute**: T × FLOPs of one trajectory step / F. For a candidate that keeps every step, XLA's
+  count is one step (one loop body). A schedule with L levels recomputes each step's forward pass
+  L more times, so its step costs the same mode's every-step FLOPs + L × one step's forward. The
+  forward's FLOPs are read off two other candidates: ``remat`` is ``reverse`` plus one
+  recomputation of each step's forward, so forward = FLOPs(remat) − FLOPs(reverse). (The FLOPs of
+  the scheduled program itself are not used: a schedule whose segment length does not divide T
+  has a separate tail loop, counted once more, and XLA may merge the tail's recomputation with its
+  forward pass. If the every-step candidates are not in the plan, the scheduled program's FLOPs
+  divided by its number of step loops, ``loop_copies``, are used instead.)
+* **Memory traffic**: 2 × the compiled temp memory / B. What a strategy stores along the
+  trajectory is written once in the forward pass and read once in the backward pass, and for
+  long loops it is far too large for the caches. This term is what makes reverse-over-reverse
+  slow (it stores every step's activations) although it does the fewest FLOPs. XLA's own "bytes
+  accessed" is not used for it: it counts every operand access of every kernel (mostly cache hits
+  on a CPU), counts a loop body once, and includes the once-per-program initialisation of the
+  T-sized stacks of stored values, so it cannot be scaled by T.
+
+The terms are added rather than maximised as in a roofline: the stores and loads of the trajectory
+sit on the loop's critical path (on a 2-core CPU, the maximum let reverse mode look as fast as
+mixed mode at T=128, where it is 1.7× slower). The estimate ranks strategies; it is not a precise
+run time (F is a large matmul's throughput, which small per-step kernels do not reach). The work
+outside the loop (the outer loss) is small next to T steps and the same for every candidate.
+Without T, the estimate is the roofline of XLA's raw figures, ``max(flops / F, bytes accessed /
+B)``, comparable only between candidates with the same loop structure.
+
+References:
+    Griewank & Walther, *Algorithm 799: Revolve*, ACM TOMS 26(1), 2000 (multi-level checkpointing).
+    Chen, Xu, Zhang, Guestrin, *Training Deep Nets with Sublinear Memory Cost*, arXiv:1604.06174,
+    2016 (√T checkpoints).
+    Williams, Waterman, Patterson, *Roofline*, CACM 52(4), 2009.
 """
 
 from __future__ import annotations
@@ -26,16 +56,26 @@ import jax.numpy as jnp
 
 from metagrad.autodiff import MODES
 from metagrad.memory import cost_of_compiled
+from metagrad.unroll import segment_lengths
 
 Schedule = None | int | str | tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One strategy: a differentiation mode and a trajectory checkpoint schedule."""
+    """One strategy: a differentiation mode and a trajectory checkpoint schedule.
+
+    Attributes:
+      mode: differentiation mode (``metagrad.MODES``); ``plan`` accepts any label its ``build``
+        understands.
+      schedule: trajectory checkpoint schedule (see ``metagrad.unroll``).
+      steps: the loop's number of steps T, if known. It is not part of the strategy's identity
+        (equality ignores it) but lets ``plan`` scale the estimate to the whole loop.
+    """
 
     mode: str
     schedule: Schedule = None
+    steps: int | None = dataclasses.field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -82,17 +122,56 @@ class Plan:
         ]
 
 
+def nested_schedule(steps: int) -> tuple[int, int] | None:
+    """Two nested levels for ``steps`` steps: segments of ~T^(2/3) steps split into ~T^(1/3).
+
+    About 3·T^(1/3) states are kept and each step is recomputed twice: a two-level instance of
+    multi-level checkpointing (Griewank & Walther 2000). ``(64, 8)`` for T=512.
+
+    Returns:
+      ``(outer, inner)``, or ``None`` when the two levels would not differ.
+    """
+    outer = max(4, round(steps ** (2 / 3)))
+    inner = max(2, round(steps ** (1 / 3)))
+    return (outer, inner) if outer > inner else None
+
+
 def default_candidates(steps: int) -> tuple[Candidate, ...]:
-    """Every mode with no schedule, √T checkpoints and, for long loops, two nested levels."""
+    """Every mode with no schedule, √T checkpoints and, for long loops (T ≥ 64), two nested levels
+    (``nested_schedule``). Each candidate carries ``steps``."""
     schedules: list[Schedule] = [None]
     if steps >= 4:
         schedules.append("sqrt")
-    if steps >= 64:
-        outer = max(4, round(steps ** (2 / 3)))
-        inner = max(2, round(steps ** (1 / 3)))
-        if outer > inner:
-            schedules.append((outer, inner))
-    return tuple(Candidate(m, s) for s in schedules for m in MODES)
+    nested = nested_schedule(steps) if steps >= 64 else None
+    if nested is not None:
+        schedules.append(nested)
+    return tuple(Candidate(m, s, steps) for s in schedules for m in MODES)
+
+
+def loop_copies(schedule: Schedule, steps: int) -> int:
+    """How many separate copies of the step loop ``metagrad.unroll`` compiles for ``schedule``.
+
+    Each level of segments runs a loop over its full segments and, when the segment length does
+    not divide the steps, one more loop over the tail; both contain the next level. XLA's cost
+    analysis counts every copy's body once, so dividing its figures by this number gives the cost
+    of one step of the trajectory.
+
+    Args:
+      schedule: as for ``metagrad.unroll``.
+      steps: T.
+
+    Returns:
+      The number of innermost step loops (1 without a schedule).
+    """
+
+    def count(n: int, segments: tuple[int, ...]) -> int:
+        # Mirrors metagrad.unroll._segmented_scan.
+        if not segments or n <= segments[0]:
+            return 1
+        k, inner = segments[0], segments[1:]
+        return count(k, inner) + (count(n % k, inner) if n % k else 0)
+
+    return count(steps, segment_lengths(schedule, steps))
 
 
 @functools.cache
@@ -123,6 +202,7 @@ def plan(
     *,
     memory_budget: int | None = None,
     candidates: Sequence[Candidate],
+    compiler_options: dict[str, Any] | None = None,
 ) -> Plan:
     """Compiles ``fn(*args)`` for every candidate and picks the fastest that fits.
 
@@ -131,42 +211,119 @@ def plan(
         arguments, as arrays or ``jax.ShapeDtypeStruct``s (nothing is run).
       memory_budget: bytes that the compiled program (temp + arguments + outputs) may use;
         ``None`` means no limit.
-      candidates: the strategies to consider.
+      candidates: the strategies to consider. Those with ``steps`` get a whole-loop estimate
+        (see the module docstring).
+      compiler_options: XLA options for these analysis-only compilations, e.g.
+        ``ANALYSIS_COMPILER_OPTIONS`` (``None``: the defaults).
 
     Returns:
       A ``Plan``. Its ``choice`` is the fitting candidate with the smallest estimated time,
       or ``None``.
     """
-    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget <= 0):
-        raise ValueError(
-            f"memory_budget must be a positive number of bytes (int) or None; got {memory_budget!r}."
-        )
+    _check_budget(memory_budget)
     if not candidates:
         raise ValueError("plan: candidates is empty; pass at least one Candidate.")
-    flops_per_s, bytes_per_s = machine_throughput()
     rows = []
     for candidate in candidates:
         fn, args = build(candidate)
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-        compiled = jitted.lower(*args).compile()
-        cost = cost_of_compiled(compiled)
-        raw = compiled.cost_analysis()
-        raw = (raw[0] if raw else {}) if isinstance(raw, list) else (raw or {})
-        accessed = float(raw.get("bytes accessed", 0.0))
-        estimate = max(cost.flops / flops_per_s, accessed / bytes_per_s)
-        fits = memory_budget is None or cost.total_bytes <= memory_budget
-        rows.append(
-            PlanRow(
-                candidate, cost.temp_bytes, cost.total_bytes, cost.flops, accessed, estimate, fits
-            )
+        compiled = jitted.lower(*args).compile(compiler_options)
+        rows.append(evaluate(candidate, compiled, memory_budget=memory_budget))
+    rows = estimate_times(rows)
+    return Plan(rows, choose(rows, memory_budget), memory_budget)
+
+
+ANALYSIS_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+"""XLA options for compilations whose analyses are read but that are never run. The backend
+optimisation level only changes LLVM code generation, after buffer assignment and HLO cost
+analysis: memory and cost figures are unchanged, and compiling takes about half as long."""
+
+
+def evaluate(candidate: Candidate, compiled: Any, *, memory_budget: int | None = None) -> PlanRow:
+    """The plan row of one compiled candidate: its memory, cost and estimated time.
+
+    Args:
+      candidate: the strategy that ``compiled`` implements.
+      compiled: its compiled executable (``jax.jit(fn).lower(*args).compile()``).
+      memory_budget: bytes; decides ``fits`` (``None``: everything fits).
+
+    Returns:
+      A ``PlanRow``. With ``candidate.steps``, ``estimated_s`` covers the whole loop (T steps);
+      otherwise it is the roofline of XLA's once-per-loop-body figures (module docstring). Pass
+      several rows to ``estimate_times`` for the better estimate of scheduled candidates.
+    """
+    _check_budget(memory_budget)
+    cost = cost_of_compiled(compiled)
+    raw = compiled.cost_analysis()
+    raw = (raw[0] if raw else {}) if isinstance(raw, list) else (raw or {})
+    accessed = float(raw.get("bytes accessed", 0.0))
+    fits = memory_budget is None or cost.total_bytes <= memory_budget
+    row = PlanRow(
+        candidate, cost.temp_bytes, cost.total_bytes, cost.flops, accessed, float("nan"), fits
+    )
+    return estimate_times([row])[0]
+
+
+def estimate_times(rows: Sequence[PlanRow]) -> tuple[PlanRow, ...]:
+    """Re-estimates every row's time from all rows' figures (see the module docstring).
+
+    A scheduled candidate's FLOPs per step use the every-step ``reverse``, ``remat`` and
+    same-mode rows with the same ``steps``, when present; ``evaluate`` (one row alone) falls back
+    to dividing by ``loop_copies``.
+
+    Args:
+      rows: plan rows, e.g. from ``evaluate``.
+
+    Returns:
+      The rows, in order, with ``estimated_s`` replaced.
+    """
+    flops_per_s, bytes_per_s = machine_throughput()
+    every_step = {
+        (r.candidate.mode, r.candidate.steps): r.flops
+        for r in rows
+        if r.candidate.schedule is None and r.candidate.steps
+    }
+    out = []
+    for r in rows:
+        c = r.candidate
+        if not c.steps:
+            estimate = max(r.flops / flops_per_s, r.bytes_accessed / bytes_per_s)
+        else:
+            levels = len(segment_lengths(c.schedule, c.steps))
+            keys = [(c.mode, c.steps), ("remat", c.steps), ("reverse", c.steps)]
+            if levels and all(k in every_step for k in keys):
+                forward = max(0.0, every_step[keys[1]] - every_step[keys[2]])
+                per_step = every_step[keys[0]] + levels * forward
+            else:
+                per_step = r.flops / loop_copies(c.schedule, c.steps)
+            estimate = c.steps * per_step / flops_per_s + 2 * r.temp_bytes / bytes_per_s
+        out.append(dataclasses.replace(r, estimated_s=estimate))
+    return tuple(out)
+
+
+def choose(rows: Sequence[PlanRow], memory_budget: int | None) -> PlanRow | None:
+    """The row with the smallest estimated time among those whose total memory fits
+    ``memory_budget`` (ties: the smaller temp memory), or ``None`` if none fits."""
+    _check_budget(memory_budget)
+    fitting = [r for r in rows if memory_budget is None or r.total_bytes <= memory_budget]
+    return min(fitting, key=lambda r: (r.estimated_s, r.temp_bytes)) if fitting else None
+
+
+def _check_budget(memory_budget: int | None) -> None:
+    if memory_budget is not None and (
+        not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0
+    ):
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes (int) or None; got {memory_budget!r}."
         )
-    fitting = [r for r in rows if r.fits]
-    choice = min(fitting, key=lambda r: (r.estimated_s, r.temp_bytes)) if fitting else None
-    return Plan(tuple(rows), choice, memory_budget)
 
 
 def largest_fitting_steps(
-    total_bytes_at: Callable[[int], int], memory_budget: int, *, limit: int = 1 << 20
+    total_bytes_at: Callable[[int], int],
+    memory_budget: int,
+    *,
+    limit: int = 1 << 20,
+    start: int = 1,
 ) -> int:
     """The largest number of inner steps T whose compiled program fits ``memory_budget``.
 
@@ -178,15 +335,23 @@ def largest_fitting_steps(
         ``compiled_cost(fn_at(T), *args_at(T)).total_bytes``).
       memory_budget: bytes available.
       limit: stop searching beyond this T (returned if even ``limit`` fits).
+      start: a T to begin the doubling from (default 1), e.g. the largest T already measured.
+        If it does not fit, the search starts again from 1.
 
     Returns:
       The largest fitting T, or 0 if not even one step fits.
     """
     if not isinstance(memory_budget, int) or memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive int of bytes; got {memory_budget!r}.")
-    if total_bytes_at(1) > memory_budget:
+    if not isinstance(start, int) or not 1 <= start <= limit:
+        raise ValueError(f"start must be an int in [1, limit={limit}]; got {start!r}.")
+    if start > 1 and total_bytes_at(start) > memory_budget:
+        start = 1
+    if start == 1 and total_bytes_at(1) > memory_budget:
         return 0
-    fits, too_big = 1, None
+    if start == limit:
+        return limit
+    fits, too_big = start, None
     while too_big is None:  # doubling: fits < too_big brackets the answer
         trial = min(2 * fits, limit)
         if total_bytes_at(trial) <= memory_budget:

@@ -6,6 +6,8 @@ Cases (one ``Bilevel`` configuration each; the mode is the only thing that chang
   steps. This is the MixFlow-MG paper's setting scaled to a CPU (default B=4, S=512, 4 layers,
   width 128, T=8).
 * ``mlp``: an MLP with per-parameter learning rates (Meta-SGD style) through T SGD-momentum steps.
+  The same problem can also be built with the exactly reversible inner loop
+  (``mode="reversible"``, ``metagrad.reversible_momentum_sgd``).
 * ``maml``: second-order MAML on the conv4 backbone, 5-way 1-shot with 15 queries, 5 inner SGD
   steps, a meta-batch of 4 tasks mapped sequentially.
 
@@ -26,9 +28,17 @@ import optax
 
 from metagrad.bilevel import Bilevel
 from metagrad.models import MLP, Conv4, DecoderLM
+from metagrad.reversible import reversible_momentum_sgd
 from metagrad.transforms import scale_by_learning_rates
+from metagrad.unroll import Schedule
 
 CASES: tuple[str, ...] = ("lm", "mlp", "maml")
+
+REVERSIBLE = "reversible"
+"""Pseudo-mode of the ``mlp`` case: its momentum-SGD loop run by ``reversible_momentum_sgd``."""
+
+MOMENTUM = (9, 10)
+"""Momentum decay γ = 9/10 of the ``mlp`` case (a ratio of ints, as the reversible loop needs)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +74,18 @@ def _jit_meta_grad(problem: Bilevel, *, fixed_params: bool, same_batch: bool) ->
     return jax.jit(fn)
 
 
-def build_lm(mode: str, size: LMSize = LMSize(), seed: int = 0) -> Built:
-    """Per-sequence loss weights of a decoder LM, meta-learned through ``size.steps`` Adam steps."""
+def build_lm(mode: str, size: LMSize = LMSize(), seed: int = 0, schedule: Schedule = None) -> Built:
+    """Per-sequence loss weights of a decoder LM, meta-learned through ``size.steps`` Adam steps.
+
+    Args:
+      mode: differentiation mode of the inner loop (``metagrad.MODES``).
+      size: model, data and loop sizes.
+      seed: PRNG seed of the parameters and the random tokens.
+      schedule: trajectory checkpoint schedule of the inner loop (see ``metagrad.unroll``).
+
+    Returns:
+      The jitted meta-gradient and its arguments.
+    """
     lm = DecoderLM(vocab_size=256, width=size.width, depth=size.layers, heads=4, max_len=size.seq)
     k_params, k_tokens, k_val = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = lm.init(k_params)
@@ -84,6 +104,7 @@ def build_lm(mode: str, size: LMSize = LMSize(), seed: int = 0) -> Built:
         inner_optimizer=optax.adam(1e-3),
         steps=size.steps,
         mode=mode,
+        schedule=schedule,
     )
     desc = (
         f"decoder LM {_count(params) / 1e6:.2f}M params, B={size.batch}, S={size.seq}, "
@@ -104,8 +125,27 @@ def build_mlp(
     batch: int = 256,
     steps: int = 8,
     seed: int = 0,
+    schedule: Schedule = None,
 ) -> Built:
-    """Per-parameter learning rates of an MLP classifier through ``steps`` SGD-momentum steps."""
+    """Per-parameter learning rates of an MLP classifier through ``steps`` SGD-momentum steps.
+
+    Args:
+      mode: differentiation mode of the inner loop (``metagrad.MODES``), or ``"reversible"``: the
+        same trajectory (up to fixed-point rounding) run by ``reversible_momentum_sgd``, whose
+        backward pass reverses it instead of storing it.
+      sizes: layer widths, input first.
+      batch: examples per inner step (and in the outer batch).
+      steps: inner steps T.
+      seed: PRNG seed of the parameters and the random data.
+      schedule: trajectory checkpoint schedule of the inner loop (not with ``"reversible"``).
+
+    Returns:
+      The jitted meta-gradient and its arguments.
+
+    References:
+      Maclaurin, Duvenaud, Adams. *Gradient-based Hyperparameter Optimization through Reversible
+      Learning*. ICML 2015 (the reversible loop).
+    """
     mlp = MLP(sizes=tuple(sizes), activation="relu")
     k_params, k_x, k_y = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = mlp.init(k_params)
@@ -117,20 +157,45 @@ def build_mlp(
         logits = mlp.apply(p, b[0])
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, b[1]))
 
-    problem = Bilevel(
-        inner_loss=xent,
-        outer_loss=xent,
-        inner_optimizer=lambda m: optax.chain(optax.trace(decay=0.9), scale_by_learning_rates(m)),
-        steps=steps,
-        mode=mode,
-    )
     desc = (
         f"MLP {'-'.join(map(str, sizes))} ({_count(params) / 1e6:.2f}M params), batch {batch}, "
         f"T={steps} SGD-momentum steps, per-parameter learning rates"
     )
+    args = (lrs, params, (x[:steps], y[:steps]), (x[steps], y[steps]))
+    gamma = MOMENTUM[0] / MOMENTUM[1]
+    if mode == REVERSIBLE:
+        if schedule is not None:
+            raise ValueError(
+                f"build_mlp: mode='reversible' stores no trajectory, so it takes no schedule; got "
+                f"schedule={schedule!r}."
+            )
+
+        def outer_value(m: Any, p0: Any, inner: Any, outer: Any) -> jax.Array:
+            # optax.trace keeps v' = γv + g and steps θ -= lr·v'; the paper's parameterisation
+            # v' = γv − (1−γ)g, θ += α·v' is the same trajectory with α = lr / (1 − γ).
+            alpha = jax.tree.map(lambda lr: lr / (1 - gamma), m)
+            p_t = reversible_momentum_sgd(
+                xent, p0, inner, learning_rate=alpha, decay=MOMENTUM, meta=None
+            )
+            return xent(p_t, None, outer)
+
+        return Built(
+            jax.jit(jax.value_and_grad(outer_value)),
+            args,
+            desc.replace("SGD-momentum steps", "reversible SGD-momentum steps"),
+            3 * _tree_bytes(params),  # what the stored trajectory would cost per step
+        )
+    problem = Bilevel(
+        inner_loss=xent,
+        outer_loss=xent,
+        inner_optimizer=lambda m: optax.chain(optax.trace(decay=gamma), scale_by_learning_rates(m)),
+        steps=steps,
+        mode=mode,
+        schedule=schedule,
+    )
     return Built(
         _jit_meta_grad(problem, fixed_params=True, same_batch=False),
-        (lrs, params, (x[:steps], y[:steps]), (x[steps], y[steps])),
+        args,
         desc,
         3 * _tree_bytes(params),  # θ, momentum, g
     )
@@ -186,12 +251,15 @@ def build_maml(
     return Built(fn, (params, (support, query)), desc, 2 * _tree_bytes(params))
 
 
-def build(case: str, mode: str, **overrides: Any) -> Built:
-    """Builds the named case for ``mode`` (keyword overrides go to the case's builder)."""
+def build(case: str, mode: str, *, schedule: Schedule = None, **overrides: Any) -> Built:
+    """Builds the named case for ``mode`` and ``schedule`` (keyword overrides go to the case's
+    builder: ``LMSize`` fields for ``lm``, ``build_mlp``/``build_maml`` keywords otherwise)."""
     if case == "lm":
-        return build_lm(mode, LMSize(**overrides))
+        return build_lm(mode, LMSize(**overrides), schedule=schedule)
     if case == "mlp":
-        return build_mlp(mode, **overrides)
+        return build_mlp(mode, schedule=schedule, **overrides)
+    if schedule is not None:
+        raise ValueError(f"case {case!r} takes no schedule; got schedule={schedule!r}.")
     if case == "maml":
         return build_maml(mode, **overrides)
     raise ValueError(f"case must be one of {', '.join(CASES)}; got {case!r}.")

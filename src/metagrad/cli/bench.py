@@ -10,6 +10,15 @@ from typing import Any
 from metagrad.autodiff import MODES
 from metagrad.bench.scale import MODELS, STRATEGIES
 
+UNROLL_STRATEGIES: tuple[str, ...] = (
+    "reverse",
+    "remat",
+    "mixflow",
+    "mixflow+sqrt",
+    "mixflow+nested",
+    "reversible",
+)  # metagrad.bench.unroll.STRATEGIES, repeated so that building the parser imports no JAX
+
 
 def register(subparsers: Any) -> None:
     """Adds ``bench`` and its sub-commands to the ``metagrad`` parser."""
@@ -104,6 +113,48 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", type=Path, help="write all figures to this JSON file")
     s.add_argument("--out", type=Path, help="directory for artefacts (JSON copy)")
     s.set_defaults(func=run_scale)
+
+    u = kinds.add_parser(
+        "unroll",
+        help="long inner loops: memory and time vs T for every strategy, largest T in a budget, "
+        "and a check of mode='auto'",
+        description="For each case, T and strategy (reverse, remat, mixflow, mixflow+sqrt, "
+        "mixflow+nested, and the reversible loop for the MLP case): XLA compiled memory (temp and "
+        "total) and the median wall-clock after a warm-up. Strategies above --max-run-memory are "
+        "compiled only. Then the largest T within --budget per strategy (compile only), and the "
+        "planner's choice against the measured-fastest fitting strategy for several budgets.",
+    )
+    u.add_argument("--cases", default="lm,mlp", help="comma-separated: lm, mlp")
+    u.add_argument(
+        "--steps",
+        default="8,32,128,512",
+        help="comma-separated inner steps T (default 8,32,128,512)",
+    )
+    u.add_argument(
+        "--strategies",
+        default=",".join(UNROLL_STRATEGIES),
+        help="comma-separated subset of " + ", ".join(UNROLL_STRATEGIES),
+    )
+    u.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
+    u.add_argument(
+        "--max-run-memory",
+        default="8GiB",
+        help="only compile (do not run) strategies whose compiled total memory exceeds this "
+        "(default 8GiB)",
+    )
+    u.add_argument(
+        "--budget", default="4GiB", help="memory budget of the largest-T search (default 4GiB)"
+    )
+    u.add_argument(
+        "--largest-limit",
+        type=int,
+        default=16384,
+        help="largest T the largest-T search tries (default 16384; 0 skips the search)",
+    )
+    u.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
+    u.add_argument("--json", type=Path, help="write all figures to this JSON file")
+    u.add_argument("--out", type=Path, help="directory for the PNG plot (long_unroll.png)")
+    u.set_defaults(func=run_unroll)
 
 
 QUICK = {
@@ -474,4 +525,94 @@ def run_scale(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out / "scale.json", payload)
         console.print(f"wrote {args.out / 'scale.json'}")
+    return 0
+
+
+def _parse_steps(text: str, command: str) -> list[int]:
+    try:
+        steps = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        steps = []
+    if not steps or any(t < 1 for t in steps):
+        raise SystemExit(
+            f"{command}: --steps takes comma-separated positive ints, e.g. 8,32,128,512; "
+            f"got {text!r}."
+        )
+    return sorted(set(steps))
+
+
+def _parse_size(text: str, flag: str, command: str) -> int:
+    from metagrad.planner import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise SystemExit(f"{command}: {flag}: {err}") from None
+
+
+def run_unroll(args: argparse.Namespace) -> int:
+    """Runs the long-unroll benchmark from parsed command-line arguments."""
+    command = "metagrad bench unroll"
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in ("lm", "mlp") for c in cases):
+        raise SystemExit(
+            f"{command}: --cases takes a comma-separated subset of lm, mlp; got {args.cases!r}."
+        )
+    strategies = [t.strip() for t in args.strategies.split(",") if t.strip()]
+    if not strategies or any(t not in UNROLL_STRATEGIES for t in strategies):
+        raise SystemExit(
+            f"{command}: --strategies takes a comma-separated subset of "
+            f"{', '.join(UNROLL_STRATEGIES)}; got {args.strategies!r}."
+        )
+    steps = _parse_steps(args.steps, command)
+    if args.repeats < 1:
+        raise SystemExit(f"{command}: --repeats must be >= 1; got {args.repeats}.")
+    if args.largest_limit < 0:
+        raise SystemExit(f"{command}: --largest-limit must be >= 0; got {args.largest_limit}.")
+    max_run = _parse_size(args.max_run_memory, "--max-run-memory", command)
+    budget = _parse_size(args.budget, "--budget", command)
+
+    import jax
+
+    from metagrad.bench import unroll
+    from metagrad.bench.report import console
+    from metagrad.files import write_json
+
+    sizes = unroll.QUICK_SIZES if args.quick else unroll.SIZES
+    result = unroll.run(
+        cases,
+        steps,
+        strategies,
+        {c: sizes[c] for c in cases},
+        repeats=args.repeats,
+        max_run_bytes=max_run,
+        budget=budget,
+        largest_limit=args.largest_limit,
+    )
+    unroll.print_report(result)
+    payload = {
+        "benchmark": "unroll",
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+        "quick": args.quick,
+        **result,
+    }
+    if args.out:
+        path = unroll.plot(
+            result["measured"],
+            args.out / "long_unroll.png",
+            f"meta-gradient through T inner steps, every strategy ({jax.default_backend()})",
+        )
+        payload["plot"] = str(path)
+        console.print(f"wrote {path}")
+    payload["results"] = [m.as_json() for m in payload.pop("measured")]
+    if args.json:
+        write_json(args.json, payload)
+        console.print(f"wrote {args.json}")
     return 0

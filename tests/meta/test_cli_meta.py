@@ -36,7 +36,8 @@ def test_reweight_quick_writes_json_report_and_plots(tmp_path, monkeypatch):
 def test_lr_quick_writes_json_report_and_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    code = main(["meta", "lr", "--quick", "--grid", "1e-3,1e-2", "--no-memory-report",
+    # --quick skips the (minutes-long) memory report unless --memory-budget is given.
+    code = main(["meta", "lr", "--quick", "--grid", "1e-3,1e-2",
                  "--out", str(out), "--json", str(tmp_path / "l.json")])  # fmt: skip
     assert code == 0
     payload = json.loads((tmp_path / "l.json").read_text())

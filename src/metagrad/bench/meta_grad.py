@@ -301,11 +301,12 @@ def run(
     Returns:
       One dict per (case, mode), JSON-ready.
     """
-    from metagrad.bench.report import measure, progress
+    from metagrad.bench.report import measure
+    from metagrad.progress import progress_bar
 
     overrides = overrides or {}
     rows: list[dict[str, Any]] = []
-    with progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("meta-grad benchmark", total=len(cases) * len(modes), status="")
         for case in cases:
             # Run the reference first, so that the other modes can be compared with it.
@@ -346,8 +347,8 @@ def sweep(
     Returns:
       One dict per (value, mode) with the compiled memory and the predicted per-step term.
     """
-    from metagrad.bench.report import progress
     from metagrad.memory import MiB, compiled_cost
+    from metagrad.progress import progress_bar
 
     field = {"T": "steps", "S": "seq", "B": "batch"}.get(parameter, parameter)
     if field not in {f.name for f in dataclasses.fields(LMSize)}:
@@ -356,7 +357,7 @@ def sweep(
             "B (batch) or an LM size field (batch, seq, layers, width, steps)."
         )
     rows = []
-    with progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"sweep {parameter}", total=len(values) * len(modes), status="")
         for value in values:
             for mode in modes:

@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metagrad.progress import progress_bar
+
 from .cache import cache_dir as resolve_cache_dir
 from .cache import config_digest, save_npz_atomic
-from .progress import progress_bar
 
 # Bump when the build procedure changes, so that old cache files are not reused.
 BUILD_VERSION = 1

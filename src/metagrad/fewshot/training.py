@@ -263,9 +263,9 @@ def train(
             },
         )
 
-    from metagrad.bench.report import progress  # rich; imported lazily
+    from metagrad.progress import progress_bar  # rich; imported lazily
 
-    bar = progress() if show_progress and primary else None
+    bar = progress_bar() if show_progress and primary else None
     task_id = None
     if bar is not None:
         bar.start()

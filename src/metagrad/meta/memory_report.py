@@ -54,10 +54,10 @@ def memory_report(
       One row per mode: ``mode``, ``steps``, ``total_mib`` at T, ``largest_steps`` within the
       budget, ``budget_mib``, ``limit_reached``.
     """
-    from metagrad.bench.report import progress
+    from metagrad.progress import progress_bar
 
     rows = []
-    bar = progress() if show_progress else None
+    bar = progress_bar() if show_progress else None
     task = None
     if bar is not None:
         bar.start()

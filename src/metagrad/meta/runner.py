@@ -147,9 +147,9 @@ def run_arms(
             )
         return figures
 
-    from metagrad.bench.report import progress  # rich; imported lazily
+    from metagrad.progress import progress_bar  # rich; imported lazily
 
-    bar = progress() if show_progress else None
+    bar = progress_bar() if show_progress else None
     task_id = None
     if bar is not None:
         bar.start()

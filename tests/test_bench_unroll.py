@@ -66,6 +66,8 @@ def test_scheduled_estimate_adds_one_forward_per_level():
     flops, bytes_per_s = planner.machine_throughput()
     est = [r.estimated_s for r in planner.estimate_times(rows)]
     assert est[0] == pytest.approx(512 * 10.0 / flops + 2 * 2**30 / bytes_per_s)
+    # remat moves reverse's per-step residuals, although it keeps none of them
+    assert est[1] == pytest.approx(512 * 13.0 / flops + 2 * 2**30 / bytes_per_s)
     assert est[2] == pytest.approx(512 * 12.0 / flops)
     assert est[3] == pytest.approx(512 * 15.0 / flops)
     assert est[4] == pytest.approx(512 * 18.0 / flops)

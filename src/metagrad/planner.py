@@ -23,16 +23,22 @@ trip count. When a candidate knows its number of steps T (``Candidate.steps``, s
 * **Memory traffic**: 2 × the compiled temp memory / B. What a strategy stores along the
   trajectory is written once in the forward pass and read once in the backward pass, and for
   long loops it is far too large for the caches. This term is what makes reverse-over-reverse
-  slow (it stores every step's activations) although it does the fewest FLOPs. XLA's own "bytes
-  accessed" is not used for it: it counts every operand access of every kernel (mostly cache hits
-  on a CPU), counts a loop body once, and includes the once-per-program initialisation of the
-  T-sized stacks of stored values, so it cannot be scaled by T.
+  slow (it stores every step's activations) although it does the fewest FLOPs. ``remat`` runs
+  the same reverse-over-reverse pass one step at a time: it produces and consumes the same
+  per-step residuals as ``reverse``, only it does not keep them, so its traffic is taken as
+  ``reverse``'s when that row is in the plan (whether one step's residuals fit in a cache or not;
+  in the LM benchmark they are 20 MiB per step, and ``remat`` is 1.3–1.4× slower than ``mixflow``
+  for 5 % more FLOPs). XLA's own "bytes accessed" is not used for this term: it counts every
+  operand access of every kernel (mostly cache hits on a CPU), counts a loop body once, and
+  includes the once-per-program initialisation of the T-sized stacks of stored values, so it
+  cannot be scaled by T.
 
-The terms are added rather than maximised as in a roofline: the stores and loads of the trajectory
-sit on the loop's critical path (on a 2-core CPU, the maximum let reverse mode look as fast as
-mixed mode at T=128, where it is 1.7× slower). The estimate ranks strategies; it is not a precise
-run time (F is a large matmul's throughput, which small per-step kernels do not reach). The work
-outside the loop (the outer loss) is small next to T steps and the same for every candidate.
+The terms are added rather than maximised as in a roofline: the stores and loads of the
+trajectory sit on the loop's critical path (on a 2-core CPU, the maximum let reverse mode look as
+fast as mixed mode at T=128, where it is 1.6–1.7× slower). The estimate ranks strategies; it is
+not a precise run time (the measured times in ``docs/long_unroll.md`` are 0.5–1.7× the estimates).
+The work outside the loop (the outer loss) is small next to T steps and the same for every
+candidate.
 Without T, the estimate is the roofline of XLA's raw figures, ``max(flops / F, bytes accessed /
 B)``, comparable only between candidates with the same loop structure.
 
@@ -268,8 +274,9 @@ def estimate_times(rows: Sequence[PlanRow]) -> tuple[PlanRow, ...]:
     """Re-estimates every row's time from all rows' figures (see the module docstring).
 
     A scheduled candidate's FLOPs per step use the every-step ``reverse``, ``remat`` and
-    same-mode rows with the same ``steps``, when present; ``evaluate`` (one row alone) falls back
-    to dividing by ``loop_copies``.
+    same-mode rows with the same ``steps``, and ``remat``'s memory traffic uses ``reverse``'s
+    temp memory, when those rows are present; ``evaluate`` (one row alone) falls back to dividing
+    by ``loop_copies`` and to the row's own temp memory.
 
     Args:
       rows: plan rows, e.g. from ``evaluate``.
@@ -279,7 +286,7 @@ def estimate_times(rows: Sequence[PlanRow]) -> tuple[PlanRow, ...]:
     """
     flops_per_s, bytes_per_s = machine_throughput()
     every_step = {
-        (r.candidate.mode, r.candidate.steps): r.flops
+        (r.candidate.mode, r.candidate.steps): r
         for r in rows
         if r.candidate.schedule is None and r.candidate.steps
     }
@@ -288,15 +295,19 @@ def estimate_times(rows: Sequence[PlanRow]) -> tuple[PlanRow, ...]:
         c = r.candidate
         if not c.steps:
             estimate = max(r.flops / flops_per_s, r.bytes_accessed / bytes_per_s)
+            out.append(dataclasses.replace(r, estimated_s=estimate))
+            continue
+        levels = len(segment_lengths(c.schedule, c.steps))
+        same, remat, reverse = (every_step.get((m, c.steps)) for m in (c.mode, "remat", "reverse"))
+        if levels and same and remat and reverse:
+            per_step = same.flops + levels * max(0.0, remat.flops - reverse.flops)
         else:
-            levels = len(segment_lengths(c.schedule, c.steps))
-            keys = [(c.mode, c.steps), ("remat", c.steps), ("reverse", c.steps)]
-            if levels and all(k in every_step for k in keys):
-                forward = max(0.0, every_step[keys[1]] - every_step[keys[2]])
-                per_step = every_step[keys[0]] + levels * forward
-            else:
-                per_step = r.flops / loop_copies(c.schedule, c.steps)
-            estimate = c.steps * per_step / flops_per_s + 2 * r.temp_bytes / bytes_per_s
+            per_step = r.flops / loop_copies(c.schedule, c.steps)
+        traffic = r.temp_bytes
+        if c.mode == "remat" and reverse:
+            # remat produces and consumes reverse's per-step residuals, one step at a time.
+            traffic = max(traffic, reverse.temp_bytes)
+        estimate = c.steps * per_step / flops_per_s + 2 * traffic / bytes_per_s
         out.append(dataclasses.replace(r, estimated_s=estimate))
     return tuple(out)
 

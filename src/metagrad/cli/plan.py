@@ -157,10 +157,10 @@ def run_plan(args: argparse.Namespace) -> int:
         ],
     )
     console.print(
-        f"GFLOP and GB accessed: XLA's cost analysis, which counts each loop body once. est. ms: "
-        f"T × the per-step roofline max(FLOP / {flops_per_s / 1e9:.0f} GFLOP/s, bytes / "
-        f"{bytes_per_s / 1e9:.1f} GB/s), from this machine's matmul and copy throughput (see "
-        "metagrad.planner)."
+        "GFLOP and GB accessed: XLA's cost analysis, which counts each loop body once. est. ms: "
+        f"T × FLOPs of one step / {flops_per_s / 1e9:.0f} GFLOP/s + 2 × temp bytes / "
+        f"{bytes_per_s / 1e9:.1f} GB/s (this machine's matmul and copy throughput): an estimate "
+        "that ranks the strategies, not a run time (see metagrad.planner)."
     )
     if result.choice is None:
         console.print(

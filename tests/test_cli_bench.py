@@ -107,6 +107,11 @@ def test_unroll_quick_writes_json_and_png(tmp_path, capsys):
     for row in payload["validation"]:
         assert row["choice"] in row["fitting"] and row["ratio"] > 0
         assert row["verdict"] in ("fastest", "tie", "slower")
+    assert len(payload["validation_autotune"]) == len(payload["validation"])
+    for row, plain in zip(payload["validation_autotune"], payload["validation"], strict=True):
+        assert row["budget_mib"] == plain["budget_mib"] and row["choice"] in plain["fitting"]
+        assert row["verdict"] in ("fastest", "tie", "slower")
+        assert all(v > 0 for v in row["timed"].values())
     assert payload["acceptance"]["steps"] == 4
     assert (tmp_path / "long_unroll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mode='auto' check" in capsys.readouterr().out

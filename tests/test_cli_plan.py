@@ -46,6 +46,17 @@ def test_plan_tight_budget_marks_what_does_not_fit(tmp_path):
     assert payload["choice"] in [r["strategy"] for r in payload["rows"] if r["fits"]]
 
 
+def test_plan_autotune_times_the_close_candidates_and_chooses_the_fastest_measured(tmp_path):
+    path = tmp_path / "plan.json"
+    code = main(["plan", *TINY_MLP, "--steps", "4", "--autotune", "--json", str(path)])
+    assert code == 0
+    payload = json.loads(path.read_text())
+    timed = [r for r in payload["rows"] if r["measured_s"] is not None]
+    assert len(timed) >= 2 and all(r["fits"] and r["measured_s"] > 0 for r in timed)
+    chosen = next(r for r in payload["rows"] if r["chosen"])
+    assert chosen["measured_s"] == min(r["measured_s"] for r in timed)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

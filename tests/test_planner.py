@@ -93,3 +93,51 @@ def test_largest_fitting_steps_finds_the_boundary_of_a_linear_memory_model():
     assert largest_fitting_steps(total, 10**9, limit=64) == 64
     with pytest.raises(ValueError, match="memory_budget"):
         largest_fitting_steps(total, -1)
+
+
+def test_autotune_times_the_close_fitting_candidates_and_picks_the_fastest_measured():
+    from metagrad import planner
+
+    plan = _objective(META, "plan", steps=8, width=8)
+    budget = sorted(r.total_bytes for r in plan.rows)[-2]  # the largest candidate does not fit
+    plan = _objective(META, "plan", budget=budget, steps=8, width=8)
+    step, carry, xs = adam_tanh_layer(META, steps=8, width=8, batch=2)
+    tuned = plan_unroll(step, carry, xs, memory_budget=budget, autotune=True)
+    timed = [r for r in tuned.rows if r.measured_s is not None]
+    best = min(r.estimated_s for r in tuned.rows if r.fits)
+    assert timed and all(r.fits for r in timed)
+    assert all(r.estimated_s <= planner.AUTOTUNE_WITHIN * best for r in timed)
+    assert tuned.choice is not None and tuned.choice.measured_s == min(r.measured_s for r in timed)
+    assert tuned.choice.total_bytes <= budget
+
+
+def test_autotune_argument_errors_and_example_arguments():
+    from metagrad import planner
+
+    plan = _objective(META, "plan", steps=4, width=4)
+    with pytest.raises(ValueError, match="within must be >= 1"):
+        planner.autotune(plan, lambda c: None, within=0.5)
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        planner.autotune(plan, lambda c: None, repeats=0)
+    concrete = jnp.arange(3.0)
+    args = planner.example_arguments(
+        (jax.ShapeDtypeStruct((2, 3), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.int32), concrete)
+    )
+    assert args[0].shape == (2, 3) and args[0].dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(args[0]))) < 0.1
+    assert args[1].dtype == jnp.int32 and not bool(jnp.any(args[1]))
+    assert args[2] is concrete
+
+
+def test_auto_with_autotune_is_exact():
+    with jax.enable_x64(True):
+        meta = jax.tree.map(lambda x: x.astype(jnp.float64), META)
+
+        def tuned(m):
+            step, carry, xs = adam_tanh_layer(m, steps=6, width=6, batch=2)
+            return outer_objective(*metagrad.unroll(step, carry, xs, mode="auto", autotune=True))
+
+        auto = jax.jit(jax.grad(tuned))(meta)
+        ref = jax.grad(lambda m: _objective(m, "reverse", steps=6, width=6))(meta)
+        for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(ref), strict=True):
+            assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) <= 1e-10

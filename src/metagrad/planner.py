@@ -100,6 +100,7 @@ class PlanRow:
     bytes_accessed: float
     estimated_s: float
     fits: bool
+    measured_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,8 @@ class Plan:
     memory_budget: int | None
 
     def table(self) -> list[list[Any]]:
-        """Rows for printing: strategy, temp MiB, total MiB, GFLOP, GB accessed, est. ms, fits,
-        chosen."""
+        """Rows for printing: strategy, temp MiB, total MiB, GFLOP, GB accessed, est. ms,
+        measured ms (``autotune``; "" where not timed), fits, chosen."""
         return [
             [
                 r.candidate.name,
@@ -121,6 +122,7 @@ class Plan:
                 r.flops / 1e9,
                 r.bytes_accessed / 1e9,
                 r.estimated_s * 1e3,
+                "" if r.measured_s is None else r.measured_s * 1e3,
                 "yes" if r.fits else "no",
                 "◀" if r is self.choice else "",
             ]
@@ -327,6 +329,97 @@ def _check_budget(memory_budget: int | None) -> None:
         raise ValueError(
             f"memory_budget must be a positive number of bytes (int) or None; got {memory_budget!r}."
         )
+
+
+AUTOTUNE_WITHIN = 1.5
+"""``autotune`` times the fitting candidates whose estimate is at most this factor above the best.
+The estimate's error against measured times is within ±50 % on the long-unroll benchmark
+(``docs/long_unroll.md``), so a candidate estimated 1.5x slower than the best may still win."""
+
+
+def autotune(
+    result: Plan,
+    build: Callable[[Candidate], tuple[Callable[..., Any], Sequence[Any]]],
+    *,
+    within: float = AUTOTUNE_WITHIN,
+    repeats: int = 3,
+    seed: int = 0,
+) -> Plan:
+    """Times the most promising fitting candidates of ``result`` and picks the fastest measured.
+
+    The estimate ranks strategies from compiled analyses alone; when two are close, which one is
+    faster depends on effects it does not model (caches, how well the loop body's kernels fuse).
+    ``autotune`` settles those close calls by running them, as XLA's and Triton's autotuners do
+    for kernels: every fitting candidate whose estimate is within ``within`` × the best is
+    compiled (fully optimised), run once to warm up, then timed in ``repeats`` interleaved rounds
+    (one run of each per round, so that a change of the machine's load affects all alike); the
+    median decides. Candidates that do not fit are never run.
+
+    Args:
+      result: a ``Plan`` from ``plan`` (same candidates as ``build`` understands).
+      build: ``candidate -> (fn, args)`` as for ``plan``. Arguments given as
+        ``jax.ShapeDtypeStruct`` are replaced by example values (``example_arguments``): the
+        time of a program without data-dependent control flow does not depend on the values.
+      within: time only the candidates whose estimate ≤ ``within`` × the smallest fitting estimate
+        (≥ 1).
+      repeats: timed rounds (≥ 1).
+      seed: seed of the example values.
+
+    Returns:
+      A ``Plan`` with the same rows, ``measured_s`` set on those timed, and ``choice`` the fastest
+      timed (unchanged, and nothing run, if nothing fits or only one candidate is close).
+    """
+    if not within >= 1.0:
+        raise ValueError(f"autotune: within must be >= 1 (e.g. 1.5); got {within!r}.")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"autotune: repeats must be a positive int; got {repeats!r}.")
+    if result.choice is None:
+        return result
+    limit = within * result.choice.estimated_s
+    timed = [r for r in result.rows if r.fits and r.estimated_s <= limit]
+    if len(timed) < 2:  # nothing to settle
+        return result
+    programs = []
+    for row in timed:
+        fn, args = build(row.candidate)
+        args = example_arguments(args, seed=seed)
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+        compiled = jitted.lower(*args).compile()
+        jax.block_until_ready(compiled(*args))  # warm-up
+        programs.append((compiled, args))
+    times: list[list[float]] = [[] for _ in timed]
+    for _ in range(repeats):
+        for (compiled, args), out in zip(programs, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            out.append(time.perf_counter() - start)
+    measured = {id(r): sorted(t)[len(t) // 2] for r, t in zip(timed, times, strict=True)}
+    rows = tuple(
+        dataclasses.replace(r, measured_s=measured[id(r)]) if id(r) in measured else r
+        for r in result.rows
+    )
+    timed_rows = [r for r in rows if r.measured_s is not None]
+    choice = min(timed_rows, key=lambda r: (r.measured_s, r.estimated_s))
+    return Plan(rows, choice, result.memory_budget)
+
+
+def example_arguments(args: Any, *, seed: int = 0) -> Any:
+    """``args`` with every ``jax.ShapeDtypeStruct`` replaced by an example array of its shape and
+    dtype: floating point ~ N(0, 0.01²), integers and booleans zero. Concrete arrays are kept."""
+    leaves, treedef = jax.tree.flatten(args)
+    out = []
+    # Concrete values even when called while a function is being traced (unroll's mode="auto").
+    with jax.ensure_compile_time_eval():
+        key = jax.random.key(seed)
+        for i, leaf in enumerate(leaves):
+            if not isinstance(leaf, jax.ShapeDtypeStruct):
+                out.append(leaf)
+            elif jnp.issubdtype(leaf.dtype, jnp.inexact):
+                noise = jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+                out.append(0.01 * noise)
+            else:
+                out.append(jnp.zeros(leaf.shape, leaf.dtype))
+    return jax.tree.unflatten(treedef, out)
 
 
 def largest_fitting_steps(

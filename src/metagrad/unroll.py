@@ -29,6 +29,7 @@ def unroll(
     length: int | None = None,
     schedule: Schedule = None,
     memory_budget: int | None = None,
+    autotune: bool = False,
 ) -> tuple[Carry, Any]:
     """Runs ``step`` over ``xs`` like ``jax.lax.scan``, differentiated with the strategy ``mode``.
 
@@ -69,6 +70,10 @@ def unroll(
       memory_budget: bytes for ``mode="auto"``: the limit on the compiled memory of the loop's
         meta-gradient (the gradient of its outputs w.r.t. its initial carry and every value
         ``step`` closes over).
+      autotune: for ``mode="auto"``: also run the fitting candidates whose estimated time is
+        close to the best and keep the fastest measured (``metagrad.planner.autotune``). Costs a
+        few runs of the meta-gradient at trace time; inputs that are tracers are replaced by
+        example values of the same shapes.
 
     Returns:
       ``(final_carry, stacked_ys)`` exactly as ``jax.lax.scan`` returns them.
@@ -89,7 +94,9 @@ def unroll(
                 "unroll: mode='auto' chooses the schedule too; leave schedule=None, or pick a "
                 "mode yourself to use a fixed schedule."
             )
-        choice = plan_unroll(step, carry, xs, length=length, memory_budget=memory_budget).choice
+        choice = plan_unroll(
+            step, carry, xs, length=length, memory_budget=memory_budget, autotune=autotune
+        ).choice
         if choice is None:
             raise ValueError(
                 f"unroll: no strategy fits memory_budget={memory_budget} bytes; run "
@@ -121,6 +128,7 @@ def plan_unroll(
     length: int | None = None,
     memory_budget: int | None = None,
     candidates: Any = None,
+    autotune: bool = False,
 ) -> Any:
     """Compiles the meta-gradient of this loop for every candidate strategy (nothing is run).
 
@@ -132,9 +140,12 @@ def plan_unroll(
       step, carry, xs, length: as for ``unroll``.
       memory_budget: bytes the compiled program may use (``None``: no limit).
       candidates: ``metagrad.planner.Candidate``s (default: ``default_candidates(T)``).
+      autotune: also time the close candidates that fit and choose the fastest measured
+        (``metagrad.planner.autotune``).
 
     Returns:
-      A ``metagrad.planner.Plan``: every candidate's memory, FLOPs, estimated time, and the choice.
+      A ``metagrad.planner.Plan``: every candidate's memory, FLOPs, estimated time (and measured
+      time, with ``autotune``), and the choice.
     """
     from metagrad import planner
 
@@ -142,7 +153,16 @@ def plan_unroll(
     x0 = jax.tree.map(lambda x: x[0], xs)
 
     def spec(tree: Any) -> Any:
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+        # Concrete arrays are kept (autotune then runs on the real values); tracers and Python
+        # scalars become shapes.
+        return jax.tree.map(
+            lambda a: (
+                a
+                if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+                else jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+            ),
+            tree,
+        )
 
     def build(candidate: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         # Trace step under the candidate's mode: the mode of metagrad.grad is fixed when traced.
@@ -163,11 +183,12 @@ def plan_unroll(
         grad_fn = jax.jit(_grad_wrt_floats(loop_output, argnums=(0, 2)))
         return grad_fn, (spec(carry), spec(xs), spec(list(consts)))
 
-    return planner.plan(
+    result = planner.plan(
         build,
         memory_budget=memory_budget,
         candidates=candidates or planner.default_candidates(steps),
     )
+    return planner.autotune(result, build) if autotune else result
 
 
 def _is_float(x: Any) -> bool:

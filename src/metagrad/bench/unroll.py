@@ -361,6 +361,79 @@ def validate_auto(
     return out
 
 
+def validate_autotune(
+    measured: Sequence[Measured],
+    validation: Sequence[dict[str, Any]],
+    sizes: dict[str, dict[str, Any]],
+    *,
+    repeats: int = 3,
+    on_progress: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """The same check as ``validate_auto`` for ``mode="auto", autotune=True``.
+
+    For each (case, T, budget) of ``validation``, ``planner.autotune`` times the close fitting
+    candidates itself (fresh runs, independent of the sweep's) and picks the fastest it measured.
+    Its choice is then judged on the sweep's times, like the analysis-only choice.
+
+    Args:
+      measured: the sweep's results.
+      validation: ``validate_auto``'s rows (their budgets are reused).
+      sizes: per-case keyword overrides of the builders, as for ``sweep``.
+      repeats: autotune's timed rounds.
+      on_progress: called with a status line before each autotuning.
+
+    Returns:
+      One dict per row of ``validation``: the autotuned choice, which candidates it timed and
+      their autotune times, the sweep's time of the choice, the fastest fitting strategy and the
+      verdict (as in ``validate_auto``).
+    """
+    out = []
+    for v in validation:
+        case, t, budget = v["case"], v["steps"], int(round(v["budget_mib"] * MiB))
+        pool = [
+            m
+            for m in measured
+            if m.case == case
+            and m.row.candidate.steps == t
+            and m.strategy != meta_grad.REVERSIBLE
+            and m.times_s is not None
+        ]
+        rows = [dataclasses.replace(m.row, fits=m.row.total_bytes <= budget) for m in pool]
+        plan = planner.Plan(tuple(rows), planner.choose(rows, budget), budget)
+        on_progress(f"{case} T={t}: autotune within {budget / MiB:,.1f} MiB")
+
+        def build_candidate(cand: planner.Candidate, case: str = case) -> tuple[Any, Any]:
+            built = build(case, cand, sizes[case])
+            return built.fn, built.args
+
+        tuned = planner.autotune(plan, build_candidate, repeats=repeats)
+        by_candidate = {m.row.candidate: m for m in pool}
+        choice = by_candidate[tuned.choice.candidate]
+        fitting = [m for m, r in zip(pool, rows, strict=True) if r.fits]
+        fastest = min(fitting, key=lambda m: m.median_s or 0.0)
+        ratio = (choice.median_s or 0.0) / (fastest.median_s or 1.0)
+        verdict = "fastest" if choice is fastest else ("tie" if ratio <= 1 + TIE else "slower")
+        out.append(
+            {
+                "case": case,
+                "steps": t,
+                "budget_mib": v["budget_mib"],
+                "timed": {
+                    by_candidate[r.candidate].strategy: r.measured_s
+                    for r in tuned.rows
+                    if r.measured_s is not None
+                },
+                "choice": choice.strategy,
+                "choice_s": choice.median_s,
+                "fastest": fastest.strategy,
+                "fastest_s": fastest.median_s,
+                "ratio": ratio,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
 def acceptance(measured: Sequence[Measured]) -> dict[str, Any]:
     """Issue 7's MLP criteria at the largest T measured: the schedules' temp memory and time
     against mixflow's, and the reversible loop's temp memory across T."""
@@ -544,6 +617,8 @@ def run(
                             on_progress=status,
                         )
                     )
+        validation = validate_auto(measured, max_run_bytes)
+        autotuned = validate_autotune(measured, validation, sizes, on_progress=status)
         status("done")
     return {
         "config": {
@@ -566,7 +641,8 @@ def run(
             for c in cases
         },
         "largest": largest,
-        "validation": validate_auto(measured, max_run_bytes),
+        "validation": validation,
+        "validation_autotune": autotuned,
         "acceptance": acceptance(measured),
     }
 
@@ -646,6 +722,38 @@ def print_report(result: dict[str, Any]) -> None:
             for r in result["validation"]
         ],
     )
+    if result.get("validation_autotune"):
+        print_table(
+            "mode='auto', autotune=True: the close candidates timed by the planner itself, its "
+            "choice judged on the sweep's times",
+            [
+                "case",
+                "T",
+                "budget MiB",
+                "timed (autotune s)",
+                "choice",
+                "choice s",
+                "fastest",
+                "fastest s",
+                "ratio",
+                "verdict",
+            ],
+            [
+                [
+                    r["case"],
+                    r["steps"],
+                    r["budget_mib"],
+                    ", ".join(f"{k} {v:.3g}" for k, v in r["timed"].items()) or "-",
+                    r["choice"],
+                    r["choice_s"],
+                    r["fastest"],
+                    r["fastest_s"],
+                    r["ratio"],
+                    r["verdict"],
+                ]
+                for r in result["validation_autotune"]
+            ],
+        )
     acc = result["acceptance"]
     if acc.get("schedules"):
         for s in acc["schedules"]:

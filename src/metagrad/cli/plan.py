@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--no-reversible", action="store_true", help="leave the reversible loop out (MLP case)"
     )
+    p.add_argument(
+        "--autotune",
+        action="store_true",
+        help="also run the fitting candidates whose estimate is within 1.5x of the best and "
+        "choose the fastest measured (as mode='auto' with autotune=True)",
+    )
     p.add_argument("--json", type=Path, help="write the table to this JSON file")
     p.set_defaults(func=run_plan)
 
@@ -133,6 +139,14 @@ def run_plan(args: argparse.Namespace) -> int:
             compiler_options=planner.ANALYSIS_COMPILER_OPTIONS,
         )
         bar.advance(task)
+        if args.autotune:
+            bar.update(task, status="autotune: timing the close candidates")
+
+            def build_concrete(cand: planner.Candidate) -> tuple[Any, Any]:
+                built = unroll.build(args.case, cand, sizes)
+                return built.fn, built.args
+
+            result = planner.autotune(result, build_concrete)
         bar.update(task, status="done")
 
     flops_per_s, bytes_per_s = planner.machine_throughput()
@@ -148,6 +162,7 @@ def run_plan(args: argparse.Namespace) -> int:
             "GFLOP",
             "GB accessed",
             "est. ms",
+            "measured ms",
             "fits",
             "chosen",
         ],
@@ -188,6 +203,7 @@ def run_plan(args: argparse.Namespace) -> int:
                         "flops_counted": r.flops,
                         "bytes_accessed_counted": r.bytes_accessed,
                         "estimated_s": r.estimated_s,
+                        "measured_s": r.measured_s,
                         "fits": r.fits,
                         "chosen": r is result.choice,
                     }

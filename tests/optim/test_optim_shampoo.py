@@ -102,6 +102,26 @@ def test_grafting_takes_the_norm_of_the_grafted_step(x64):
         np.testing.assert_allclose(np.linalg.norm(u["w"]), expected, rtol=1e-6)
 
 
+def test_precond_warmup_refreshes_the_roots_at_every_early_step(x64):
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.zeros((5, 4))}
+    grads = [{"w": jnp.asarray(rng.standard_normal((5, 4)))} for _ in range(5)]
+    every = shampoo(precond_every=1)
+    warm = shampoo(precond_every=10, precond_warmup=3)
+    stale = shampoo(precond_every=10)
+    s_every, s_warm, s_stale = every.init(params), warm.init(params), stale.init(params)
+    for k, g in enumerate(grads):
+        u_every, s_every = every.update(g, s_every)
+        u_warm, s_warm = warm.update(g, s_warm)
+        u_stale, s_stale = stale.update(g, s_stale)
+        if k < 3:  # warm-up: the roots include the current gradient, as with precond_every=1
+            np.testing.assert_allclose(u_warm["w"], u_every["w"], rtol=1e-10)
+        else:  # then they are kept until the next refresh (step 10)
+            assert not np.allclose(u_warm["w"], u_every["w"])
+        if k >= 1:
+            assert not np.allclose(u_stale["w"], u_every["w"])
+
+
 def test_rows_trick_matches_plain_update(x64):
     model = MLP(sizes=(3, 16, 2))
     params = model.init(jax.random.key(0), jnp.float64)
@@ -166,6 +186,7 @@ def test_errors_name_the_argument():
         ({"exponent": 0.0}, "exponent must be positive"),
         ({"eps": -1.0}, "eps must be positive"),
         ({"block_size": 0}, "block_size must be a positive int"),
+        ({"precond_warmup": -1}, "precond_warmup must be a non-negative int"),
         ({"layers": ["x"]}, "layers must be the tuple"),
     ]:
         with pytest.raises((ValueError, TypeError), match=match):

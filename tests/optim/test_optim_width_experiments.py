@@ -61,6 +61,29 @@ def test_lr_sweep_sgd_tiny(task, tmp_path):
     assert power_of_two_grid(0.25, 2) == [0.25, 0.5, 1.0, 2.0]
 
 
+def test_grafted_shampoo_sweep_uses_adam_exponents_and_trains(task):
+    from metagrad.optim.experiment import build
+
+    config = WidthConfig(
+        optimizer="shampoo", param="mup", shampoo_graft="rmsprop", shampoo_warmup=2, **TINY
+    )
+    kwargs = config.optimizer_kwargs()
+    assert kwargs["graft"] == "rmsprop" and kwargs["precond_warmup"] == 2
+    assert build(config, 8, task).optimizer is not None
+    r = sweep(config, [4, 8], [2.0**-6], task, steps=3, seeds=1, progress=False)
+    assert all(np.isfinite(r["results"][w]["train_loss"][0]) for w in ("4", "8"))
+    with pytest.raises(ValueError, match="graft must be one of"):
+        sweep(
+            WidthConfig(optimizer="shampoo", shampoo_graft="adam", **TINY),
+            [4],
+            [0.1],
+            task,
+            steps=1,
+            seeds=1,
+            progress=False,
+        )
+
+
 def test_sweep_and_config_errors(task):
     with pytest.raises(ValueError, match="over must be one of"):
         sweep(WidthConfig(**TINY), [4], [0.1], task, over="momentum")

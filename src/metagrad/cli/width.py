@@ -101,6 +101,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shampoo-exponent", type=float, default=0.25, help="Shampoo power (0.25 or 0.5)"
     )
+    p.add_argument(
+        "--shampoo-warmup",
+        type=int,
+        default=0,
+        help="Shampoo recomputes its roots at every one of the first N steps (default 0)",
+    )
+    p.add_argument(
+        "--shampoo-graft",
+        choices=("none", "sgd", "rmsprop"),
+        default="none",
+        help="Shampoo grafting: the update's norm per parameter from SGD or RMSprop (default none)",
+    )
     p.add_argument("--block-size", type=int, default=1024, help="Shampoo block size (1024)")
     p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum (default 0)")
     p.add_argument("--model", choices=MODELS, default="mlp", help="mlp (default) or conv4")
@@ -202,6 +214,8 @@ def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthC
                         shampoo_eps=args.shampoo_eps,
                         shampoo_eps_mode=args.shampoo_eps_mode,
                         shampoo_exponent=args.shampoo_exponent,
+                        shampoo_warmup=args.shampoo_warmup,
+                        shampoo_graft=args.shampoo_graft,
                         block_size=args.block_size,
                         momentum=args.momentum,
                     )

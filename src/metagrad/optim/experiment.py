@@ -53,6 +53,9 @@ class WidthConfig:
       shampoo_eps: Shampoo's ``ε``.
       shampoo_eps_mode: ``"relative"`` or ``"absolute"``.
       shampoo_exponent: Shampoo's power (1/4 or 1/2).
+      shampoo_warmup: Shampoo recomputes its roots at every one of the first this many steps.
+      shampoo_graft: Shampoo's grafting (``"none"``, ``"sgd"``, ``"rmsprop"``); a grafted
+        Shampoo takes the grafted optimiser's width exponents.
       block_size: Shampoo's block size.
     """
 
@@ -71,6 +74,8 @@ class WidthConfig:
     shampoo_eps: float = 1e-4
     shampoo_eps_mode: str = "relative"
     shampoo_exponent: float = 0.25
+    shampoo_warmup: int = 0
+    shampoo_graft: str = "none"
     block_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -103,6 +108,8 @@ class WidthConfig:
                 "eps_mode": self.shampoo_eps_mode,
                 "exponent": self.shampoo_exponent,
                 "precond_every": self.refresh,
+                "precond_warmup": self.shampoo_warmup,
+                "graft": self.shampoo_graft,
                 "stats_every": self.stats_every,
                 "block_size": self.block_size,
             }

@@ -118,6 +118,7 @@ def shampoo(
     eps_scales: Any = None,
     stats_every: int = 1,
     precond_every: int = 10,
+    precond_warmup: int = 0,
     block_size: int = 1024,
     block_rescale: bool = True,
     one_d: str = "none",
@@ -144,6 +145,13 @@ def shampoo(
         ``ε`` (width scaling from the μP parameterisation); ``None`` means 1.
       stats_every: refresh ``L`` and ``R`` every this many steps.
       precond_every: recompute the inverse roots every this many steps.
+      precond_warmup: also recompute them at every one of the first this many steps. Early
+        statistics have low rank (a batch of ``B`` examples adds rank ``≤ B``), and a root
+        computed from them scales every direction they have not seen yet by ``ε^(-e)`` per
+        side (100x for ``ε = 1e-4``, ``e = 1/4``) until the next refresh. Refreshing every step
+        keeps the current gradient inside the statistics; once they have full rank, stale
+        roots are harmless. In the width sweep of ``docs/width.md`` this removed the
+        divergence of wide μP models at the base width's optimal learning rate.
       block_size: dimensions larger than this are split into blocks of at most this size.
       block_rescale: multiply the update of a matrix split into ``n`` blocks by ``n^(-2e)``.
         Each block normalises its own part of the gradient: for a gradient spread evenly over
@@ -185,6 +193,14 @@ def shampoo(
     ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"shampoo: {name} must be a positive int; got {v!r}.")
+    if (
+        isinstance(precond_warmup, bool)
+        or not isinstance(precond_warmup, int)
+        or precond_warmup < 0
+    ):
+        raise ValueError(
+            f"shampoo: precond_warmup must be a non-negative int (e.g. 10); got {precond_warmup!r}."
+        )
     by_leaf = {}
     if layers is not None:
         if not all(isinstance(x, LayerInfo) for x in layers):
@@ -318,7 +334,8 @@ def shampoo(
                 new.append(tuple(blocks))
             return tuple(new)
 
-        roots = lax.cond(count % precond_every == 0, refresh_roots, lambda: state.roots)
+        due = (count % precond_every == 0) | (count < precond_warmup)
+        roots = lax.cond(due, refresh_roots, lambda: state.roots)
 
         out, new_grafts = [], []
         for k, (g, m, p) in enumerate(zip(leaves, mats, leaf_plans, strict=True)):

@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from metagrad.memory import MiB, cost_of_compiled
@@ -109,16 +108,3 @@ def _fmt(value: Any) -> str:
             return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
         return f"{value:.1e}"
     return str(value)
-
-
-def progress() -> Progress:
-    """A rich progress display (bar, current step, elapsed time) on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )

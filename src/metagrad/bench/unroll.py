@@ -570,9 +570,10 @@ def run(
     Returns:
       A JSON-ready dict, except ``"measured"``: the ``Measured`` objects (``as_json`` each).
     """
-    from metagrad.bench.report import console, progress
+    from metagrad.bench.report import console
+    from metagrad.progress import progress_bar
 
-    with progress() as bar:
+    with progress_bar() as bar:
         n = sum(applies(c, s) for c in cases for s in strategies) * len(steps)
         task = bar.add_task("long-unroll sweep", total=n, status="")
 

@@ -109,16 +109,17 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from metagrad import planner
     from metagrad.bench import unroll
-    from metagrad.bench.report import console, print_table, progress
+    from metagrad.bench.report import console, print_table
     from metagrad.files import write_json
     from metagrad.memory import MiB
+    from metagrad.progress import progress_bar
 
     steps = sizes.pop("steps")
     candidates = list(planner.default_candidates(steps))
     if args.case == "mlp" and not args.no_reversible:
         candidates.append(unroll.candidate("reversible", steps))
     descriptions = []
-    with progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"plan {args.case}, T={steps}", total=len(candidates), status="")
 
         def build(cand: planner.Candidate) -> tuple[Any, Any]:

@@ -42,11 +42,20 @@ candidate.
 Without T, the estimate is the roofline of XLA's raw figures, ``max(flops / F, bytes accessed /
 B)``, comparable only between candidates with the same loop structure.
 
+**Autotuning close calls.** Two strategies whose estimates are close can rank either way on a
+real machine: in the MLP benchmark, ``remat`` stores a 1.3 GiB trajectory and still runs 3–12 %
+faster than ``mixflow`` with √T checkpoints, whose estimate is lower. No single pair of
+throughputs (F, B) ranks both the LM and the MLP cases right. ``autotune`` therefore runs the
+fitting candidates whose estimates lie within ``AUTOTUNE_WITHIN`` of the best and keeps the
+fastest measured (``unroll(mode="auto", autotune=True)``, ``metagrad plan --autotune``): the
+analyses prune the candidates that cannot win or do not fit, a few runs settle the rest.
+
 References:
     Griewank & Walther, *Algorithm 799: Revolve*, ACM TOMS 26(1), 2000 (multi-level checkpointing).
     Chen, Xu, Zhang, Guestrin, *Training Deep Nets with Sublinear Memory Cost*, arXiv:1604.06174,
     2016 (√T checkpoints).
     Williams, Waterman, Patterson, *Roofline*, CACM 52(4), 2009.
+    Tillet, Kung, Cox, *Triton*, MAPL 2019 (choosing among compiled variants by timing them).
 """
 
 from __future__ import annotations

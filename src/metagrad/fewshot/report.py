@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metagrad import markdown
 from metagrad.files import write_text
 
 REPORT = "report.md"
@@ -58,15 +59,14 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:,.3g}" if abs(value) < 1 else f"{value:,.2f}"
-        return "—" if value is None else str(value)
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1 else f"{value:,.2f}"
+    return markdown.number(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return markdown.table(columns, rows, cell=_cell) + "\n"
 
 
 def _training_section(run_dir: Path, config: dict[str, Any]) -> list[str]:

@@ -5,16 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+from metagrad.markdown import table as _table
 
 
 def memory_markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -196,7 +196,7 @@ def run_meta_grad(args: argparse.Namespace) -> int:
     from metagrad.bench import meta_grad
     from metagrad.bench.plots import plot_memory_sweep
     from metagrad.bench.report import console, print_table
-    from metagrad.files import write_json
+    from metagrad.cli.output import write_results
 
     cases = _parse_list(args.cases, meta_grad.CASES, "--cases")
     modes = _parse_list(args.modes, MODES, "--modes")
@@ -309,12 +309,7 @@ def run_meta_grad(args: argparse.Namespace) -> int:
         "results": rows,
         "sweeps": sweep_results,
     }
-    if args.json:
-        write_json(args.json, payload)
-        console.print(f"wrote {args.json}")
-    if args.out:
-        write_json(args.out / "meta_grad.json", payload)
-        console.print(f"wrote {args.out / 'meta_grad.json'}")
+    write_results(args, "meta_grad.json", payload)
     return 0
 
 
@@ -324,7 +319,7 @@ def run_maml(args: argparse.Namespace) -> int:
 
     from metagrad.bench import maml
     from metagrad.bench.report import console, print_table
-    from metagrad.files import write_json
+    from metagrad.cli.output import write_results
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -414,11 +409,7 @@ def run_maml(args: argparse.Namespace) -> int:
         },
         "results": rows,
     }
-    if args.json:
-        write_json(args.json, payload)
-        console.print(f"wrote {args.json}")
-    if args.out:
-        write_json(args.out / "maml.json", payload)
+    write_results(args, "maml.json", payload)
     return 0
 
 
@@ -426,7 +417,7 @@ def run_scale(args: argparse.Namespace) -> int:
     """Runs the scaling benchmark from parsed command-line arguments."""
     from metagrad.bench import scale
     from metagrad.bench.report import console, print_table
-    from metagrad.files import write_json
+    from metagrad.cli.output import write_results
 
     try:
         devices = [int(d) for d in args.devices.split(",") if d.strip()]
@@ -519,12 +510,7 @@ def run_scale(args: argparse.Namespace) -> int:
         **{k: v for k, v in result.items() if k != "rows"},
         "results": rows,
     }
-    if args.json:
-        write_json(args.json, payload)
-        console.print(f"wrote {args.json}")
-    if args.out:
-        write_json(args.out / "scale.json", payload)
-        console.print(f"wrote {args.out / 'scale.json'}")
+    write_results(args, "scale.json", payload)
     return 0
 
 
@@ -576,7 +562,7 @@ def run_unroll(args: argparse.Namespace) -> int:
 
     from metagrad.bench import unroll
     from metagrad.bench.report import console
-    from metagrad.files import write_json
+    from metagrad.cli.output import write_results
 
     sizes = unroll.QUICK_SIZES if args.quick else unroll.SIZES
     result = unroll.run(
@@ -612,7 +598,5 @@ def run_unroll(args: argparse.Namespace) -> int:
         payload["plot"] = str(path)
         console.print(f"wrote {path}")
     payload["results"] = [m.as_json() for m in payload.pop("measured")]
-    if args.json:
-        write_json(args.json, payload)
-        console.print(f"wrote {args.json}")
+    write_results(args, None, payload)
     return 0

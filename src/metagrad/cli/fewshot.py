@@ -94,9 +94,9 @@ def _config(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     """``metagrad fewshot train``."""
     from metagrad.bench.report import console
+    from metagrad.cli.output import write_results
     from metagrad.fewshot.algorithms import ALGORITHMS
     from metagrad.fewshot.patterns import Pattern
-    from metagrad.files import write_json
 
     if args.algorithm not in ALGORITHMS:
         raise _fail(
@@ -140,9 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
         "val": result["val"],
         "curve": str(curve),
     }
-    write_json(args.out / "train.json", payload)
-    if args.json:
-        write_json(args.json, payload)
+    write_results(args, "train.json", payload, quiet=True)
     console.print(f"trained {config.iterations} steps; run folder {args.out}")
     _report(args.out)
     return 0
@@ -172,9 +170,9 @@ def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
 def run_eval(args: argparse.Namespace) -> int:
     """``metagrad fewshot eval``."""
     from metagrad.bench.report import console
+    from metagrad.cli.output import write_results
     from metagrad.fewshot.evaluation import evaluate
     from metagrad.fewshot.patterns import Pattern
-    from metagrad.files import write_json
 
     if args.split not in ("test", "val"):
         raise _fail("eval", f"--split must be test or val; got {args.split!r}.")
@@ -219,9 +217,7 @@ def run_eval(args: argparse.Namespace) -> int:
         f"{ev.as_dict()['accuracy_pct']:.2f}% ± {ev.as_dict()['ci95_pct']:.2f}% over {ev.tasks} tasks"
     )
     suffix = "" if pattern is None else "_" + pattern.code.replace("/", "-")
-    write_json(args.out / f"eval_{args.split}{suffix}.json", payload)
-    if args.json:
-        write_json(args.json, payload)
+    write_results(args, f"eval_{args.split}{suffix}.json", payload, quiet=True)
     _report(args.out)
     return 0
 
@@ -229,9 +225,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_select(args: argparse.Namespace) -> int:
     """``metagrad fewshot select``."""
     from metagrad.bench.report import console, print_table
+    from metagrad.cli.output import write_results
     from metagrad.fewshot.patterns import all_patterns, structured_family
     from metagrad.fewshot.selection import plot_selection, select_pattern
-    from metagrad.files import write_json
 
     if not 0 <= args.threshold <= 100:
         raise _fail(
@@ -317,9 +313,7 @@ def run_select(args: argparse.Namespace) -> int:
         f"K={k}, ε={args.threshold} points"
     )
     result["plot"] = str(plot_selection(result, args.out / f"selection_K{k}.png", title))
-    write_json(args.out / f"selection_K{k}.json", result)
-    if args.json:
-        write_json(args.json, result)
+    write_results(args, f"selection_K{k}.json", result, quiet=True)
     _report(args.out)
     return 0
 

@@ -174,8 +174,9 @@ def run_reweight(args: argparse.Namespace) -> int:
     import numpy as np
 
     from metagrad.bench.report import console, print_table
+    from metagrad.cli.output import write_results
     from metagrad.data.cache import save_npz_atomic
-    from metagrad.files import write_json, write_text
+    from metagrad.files import write_text
     from metagrad.meta import plots, reweight
     from metagrad.meta.report import reweight_markdown
     from metagrad.meta.runner import read_metrics
@@ -217,9 +218,7 @@ def run_reweight(args: argparse.Namespace) -> int:
     summary["plots"] = {k: str(v) for k, v in paths.items()}
     write_text(args.out / "report.md", reweight_markdown(
         summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
-    write_json(args.out / "reweight.json", summary)
-    if args.json:
-        write_json(args.json, summary)
+    write_results(args, "reweight.json", summary, quiet=True)
     f = summary["final"]
     print_table(
         f"meta reweight ({what}; {summary['inner_steps']} inner steps per arm)",
@@ -238,7 +237,8 @@ def run_reweight(args: argparse.Namespace) -> int:
 def run_lr(args: argparse.Namespace) -> int:
     """``metagrad meta lr``."""
     from metagrad.bench.report import console, print_table
-    from metagrad.files import write_json, write_text
+    from metagrad.cli.output import write_results
+    from metagrad.files import write_text
     from metagrad.meta import learning_rates, plots
     from metagrad.meta.report import lr_markdown
     from metagrad.meta.runner import read_metrics
@@ -275,9 +275,7 @@ def run_lr(args: argparse.Namespace) -> int:
     summary["plots"] = {k: str(v) for k, v in paths.items()}
     write_text(args.out / "report.md", lr_markdown(
         summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
-    write_json(args.out / "lr.json", summary)
-    if args.json:
-        write_json(args.json, summary)
+    write_results(args, "lr.json", summary, quiet=True)
     f = summary["final"]
     print_table(
         f"meta lr (T={config.steps}, {summary['inner_steps']} inner steps per arm)",

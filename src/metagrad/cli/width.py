@@ -12,11 +12,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from metagrad.cli.output import write_results
 from metagrad.optim.experiment import MODELS, WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES
 from metagrad.optim.parameterization import OPTIMIZERS, PARAMETERIZATIONS
@@ -223,21 +223,6 @@ def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthC
     return configs
 
 
-def _write(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console()
-    text = json.dumps(payload, indent=2, default=str)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-        console.print(f"wrote {args.json}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(text)
-        console.print(f"wrote {args.out / f'{name}.json'}")
-
-
 def _clean(x: Any) -> Any:
     """Infinite floats become the strings "inf"/"nan" (JSON has no infinities)."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -298,7 +283,7 @@ def run_coord_check(args: argparse.Namespace) -> int:
         path = args.out / "coord_check.png"
         plot_coord_checks(results, str(path))
         console.print(f"wrote {path}")
-    _write(args, "coord_check", payload)
+    write_results(args, "coord_check.json", payload)
     return 0
 
 
@@ -356,7 +341,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         path = args.out / f"sweep_{args.over}.png"
         plot_sweep(results, str(path))
         console.print(f"wrote {path}")
-    _write(args, f"sweep_{args.over}", payload)
+    write_results(args, f"sweep_{args.over}.json", payload)
     return 0
 
 

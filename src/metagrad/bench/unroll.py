@@ -321,14 +321,7 @@ def validate_auto(
     out = []
     keys = sorted({(m.case, m.row.candidate.steps) for m in measured}, key=lambda k: k)
     for case, t in keys:
-        pool = [
-            m
-            for m in measured
-            if m.case == case
-            and m.row.candidate.steps == t
-            and m.strategy != meta_grad.REVERSIBLE
-            and m.times_s is not None
-        ]
+        pool = _timed_unroll_strategies(measured, case, t)
         budget = max_run_bytes
         for _ in range(budgets):
             choice_row = planner.choose([m.row for m in pool], budget)
@@ -336,9 +329,7 @@ def validate_auto(
                 break
             fitting = [m for m in pool if m.row.total_bytes <= budget]
             choice = next(m for m in pool if m.row is choice_row)
-            fastest = min(fitting, key=lambda m: m.median_s or 0.0)
-            ratio = (choice.median_s or 0.0) / (fastest.median_s or 1.0)
-            verdict = "fastest" if choice is fastest else ("tie" if ratio <= 1 + TIE else "slower")
+            judged = _judge(choice, fitting)
             out.append(
                 {
                     "case": case,
@@ -348,17 +339,39 @@ def validate_auto(
                     "choice": choice.strategy,
                     "choice_total_mib": choice.row.total_bytes / MiB,
                     "choice_estimated_s": choice.row.estimated_s,
-                    "choice_s": choice.median_s,
-                    "fastest": fastest.strategy,
-                    "fastest_s": fastest.median_s,
-                    "ratio": ratio,
-                    "verdict": verdict,
+                    **judged,
                 }
             )
             budget = (choice.row.total_bytes - 1) // 1024 * 1024  # just below the choice
             if budget <= 0:
                 break
     return out
+
+
+def _timed_unroll_strategies(measured: Sequence[Measured], case: str, t: int) -> list[Measured]:
+    """The ``unroll`` strategies of (case, T) that the sweep ran (``mode="auto"``'s pool)."""
+    return [
+        m
+        for m in measured
+        if m.case == case
+        and m.row.candidate.steps == t
+        and m.strategy != meta_grad.REVERSIBLE
+        and m.times_s is not None
+    ]
+
+
+def _judge(choice: Measured, fitting: Sequence[Measured]) -> dict[str, Any]:
+    """The choice's sweep time against the fastest fitting strategy's, and the verdict."""
+    fastest = min(fitting, key=lambda m: m.median_s or 0.0)
+    ratio = (choice.median_s or 0.0) / (fastest.median_s or 1.0)
+    verdict = "fastest" if choice is fastest else ("tie" if ratio <= 1 + TIE else "slower")
+    return {
+        "choice_s": choice.median_s,
+        "fastest": fastest.strategy,
+        "fastest_s": fastest.median_s,
+        "ratio": ratio,
+        "verdict": verdict,
+    }
 
 
 def validate_autotune(
@@ -390,14 +403,7 @@ def validate_autotune(
     out = []
     for v in validation:
         case, t, budget = v["case"], v["steps"], int(round(v["budget_mib"] * MiB))
-        pool = [
-            m
-            for m in measured
-            if m.case == case
-            and m.row.candidate.steps == t
-            and m.strategy != meta_grad.REVERSIBLE
-            and m.times_s is not None
-        ]
+        pool = _timed_unroll_strategies(measured, case, t)
         rows = [dataclasses.replace(m.row, fits=m.row.total_bytes <= budget) for m in pool]
         plan = planner.Plan(tuple(rows), planner.choose(rows, budget), budget)
         on_progress(f"{case} T={t}: autotune within {budget / MiB:,.1f} MiB")
@@ -409,10 +415,7 @@ def validate_autotune(
         tuned = planner.autotune(plan, build_candidate, repeats=repeats)
         by_candidate = {m.row.candidate: m for m in pool}
         choice = by_candidate[tuned.choice.candidate]
-        fitting = [m for m, r in zip(pool, rows, strict=True) if r.fits]
-        fastest = min(fitting, key=lambda m: m.median_s or 0.0)
-        ratio = (choice.median_s or 0.0) / (fastest.median_s or 1.0)
-        verdict = "fastest" if choice is fastest else ("tie" if ratio <= 1 + TIE else "slower")
+        judged = _judge(choice, [m for m, r in zip(pool, rows, strict=True) if r.fits])
         out.append(
             {
                 "case": case,
@@ -424,11 +427,7 @@ def validate_autotune(
                     if r.measured_s is not None
                 },
                 "choice": choice.strategy,
-                "choice_s": choice.median_s,
-                "fastest": fastest.strategy,
-                "fastest_s": fastest.median_s,
-                "ratio": ratio,
-                "verdict": verdict,
+                **judged,
             }
         )
     return out
@@ -692,68 +691,20 @@ def print_report(result: dict[str, Any]) -> None:
                 for r in result["largest"]
             ],
         )
-    print_table(
+    _print_auto_check(
         "mode='auto' check: the planner's choice vs the measured-fastest strategy that fits "
         f"({result['config']['tie_rule']})",
-        [
-            "case",
-            "T",
-            "budget MiB",
-            "fitting",
-            "choice",
-            "choice s",
-            "fastest fitting",
-            "fastest s",
-            "ratio",
-            "verdict",
-        ],
-        [
-            [
-                r["case"],
-                r["steps"],
-                r["budget_mib"],
-                len(r["fitting"]),
-                r["choice"],
-                r["choice_s"],
-                r["fastest"],
-                r["fastest_s"],
-                r["ratio"],
-                r["verdict"],
-            ]
-            for r in result["validation"]
-        ],
+        result["validation"],
+        "fitting",
+        lambda r: len(r["fitting"]),
     )
     if result.get("validation_autotune"):
-        print_table(
+        _print_auto_check(
             "mode='auto', autotune=True: the close candidates timed by the planner itself, its "
             "choice judged on the sweep's times",
-            [
-                "case",
-                "T",
-                "budget MiB",
-                "timed (autotune s)",
-                "choice",
-                "choice s",
-                "fastest",
-                "fastest s",
-                "ratio",
-                "verdict",
-            ],
-            [
-                [
-                    r["case"],
-                    r["steps"],
-                    r["budget_mib"],
-                    ", ".join(f"{k} {v:.3g}" for k, v in r["timed"].items()) or "-",
-                    r["choice"],
-                    r["choice_s"],
-                    r["fastest"],
-                    r["fastest_s"],
-                    r["ratio"],
-                    r["verdict"],
-                ]
-                for r in result["validation_autotune"]
-            ],
+            result["validation_autotune"],
+            "timed (autotune s)",
+            lambda r: ", ".join(f"{k} {v:.3g}" for k, v in r["timed"].items()) or "-",
         )
     acc = result["acceptance"]
     if acc.get("schedules"):
@@ -770,3 +721,29 @@ def print_report(result: dict[str, Any]) -> None:
             f"reversible temp MiB: {temps} (max/min {acc['reversible_temp_growth']:.2f}; mixflow "
             f"grows {acc.get('mixflow_temp_growth', float('nan')):.1f}× over the same T)"
         )
+
+
+def _print_auto_check(
+    title: str, rows: Sequence[dict[str, Any]], detail: str, cell: Callable[[dict], Any]
+) -> None:
+    """One table of ``validate_auto`` / ``validate_autotune`` rows; ``detail`` is the fourth
+    column's header and ``cell`` its value."""
+    from metagrad.bench.report import print_table
+
+    keys = ("choice", "choice_s", "fastest", "fastest_s", "ratio", "verdict")
+    print_table(
+        title,
+        [
+            "case",
+            "T",
+            "budget MiB",
+            detail,
+            "choice",
+            "choice s",
+            "fastest fitting",
+            "fastest s",
+            "ratio",
+            "verdict",
+        ],  # fmt: skip
+        [[r["case"], r["steps"], r["budget_mib"], cell(r), *(r[k] for k in keys)] for r in rows],
+    )

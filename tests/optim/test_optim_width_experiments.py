@@ -144,6 +144,10 @@ def test_cli_parsers_reject_bad_input():
     args = _parser().parse_args(["width", "sweep", "--optimizer", "sgd", "--over", "damping"])
     with pytest.raises(SystemExit, match="--over damping needs --optimizer kfac"):
         args.func(args)
+    assert _parser().parse_args(["width", "coord-check", "--lr", "2^-9"]).lr == 2.0**-9
+    for bad in ("2^-x", "-0.1"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["width", "coord-check", f"--lr={bad}"])
 
 
 def test_glyph_task_from_the_glyph_benchmark(monkeypatch):

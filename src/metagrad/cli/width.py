@@ -19,6 +19,7 @@ from typing import Any
 from metagrad.cli.output import write_results
 from metagrad.optim.experiment import MODELS, WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES
+from metagrad.optim.merge import infinities_as_strings
 from metagrad.optim.parameterization import OPTIMIZERS, PARAMETERIZATIONS
 from metagrad.optim.tasks import TASKS
 
@@ -43,7 +44,9 @@ def register(subparsers: Any) -> None:
     )
     _common(p)
     p.add_argument("--widths", default="64,128,256,512,1024,2048", help="comma-separated")
-    p.add_argument("--lr", type=float, help="base learning rate (default: per optimiser)")
+    p.add_argument(
+        "--lr", type=_lr, help="base learning rate, e.g. 0.01 or 2^-9 (default: per optimiser)"
+    )
     p.add_argument("--steps", type=int, default=5, help="training steps per width (default 5)")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
     p.add_argument(
@@ -71,7 +74,7 @@ def register(subparsers: Any) -> None:
         help="the grid: comma-separated numbers (2^-3 allowed) or LOW:HIGH for every power of "
         "two in between (default 2^-8:2^1)",
     )
-    p.add_argument("--lr", type=float, help="fixed learning rate of a damping sweep")
+    p.add_argument("--lr", type=_lr, help="fixed learning rate of a damping sweep (2^-2 allowed)")
     p.add_argument("--steps", type=int, default=200, help="training steps per run (default 200)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per point (default 2)")
     p.add_argument("--refresh", type=int, default=10, help="refresh interval (default 10)")
@@ -149,6 +152,19 @@ def parse_number(text: str) -> float:
     return float(text)
 
 
+def _lr(text: str) -> float:
+    """argparse type of ``--lr``: a positive number, ``2^-k`` allowed."""
+    try:
+        value = parse_number(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number such as 0.01 or 2^-9; got {text!r}"
+        )
+    return value
+
+
 def parse_values(text: str, flag: str) -> list[float]:
     """A grid: ``"a,b,c"`` or ``"LOW:HIGH"`` (every power of two between, inclusive)."""
     try:
@@ -223,17 +239,6 @@ def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthC
     return configs
 
 
-def _clean(x: Any) -> Any:
-    """Infinite floats become the strings "inf"/"nan" (JSON has no infinities)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
 def run_coord_check(args: argparse.Namespace) -> int:
     """The ``coord-check`` sub-command."""
     from rich.console import Console
@@ -277,7 +282,7 @@ def run_coord_check(args: argparse.Namespace) -> int:
             cfg["optimizer"], cfg["param"], rule, *cells, str(r["summary"]["all_within_tolerance"])
         )
     console.print(table)
-    payload = _clean({"task": task.name, "widths": widths, "coord_checks": results})
+    payload = infinities_as_strings({"task": task.name, "widths": widths, "coord_checks": results})
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "coord_check.png"
@@ -335,7 +340,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         best = [_fmt(s["best_per_width"][str(w)]) for w in widths]
         table.add_row(cfg["optimizer"], cfg["param"], rule, *best, str(s["best_shift_grid_steps"]))
     console.print(table)
-    payload = _clean({"task": task.name, "widths": widths, "values": values, "sweeps": results})
+    payload = infinities_as_strings(
+        {"task": task.name, "widths": widths, "values": values, "sweeps": results}
+    )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"sweep_{args.over}.png"

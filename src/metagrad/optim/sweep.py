@@ -260,6 +260,8 @@ def plot_sweep(results: Sequence[dict[str, Any]], path: str) -> None:
         name = f"{cfg['optimizer']}/{cfg['param']}"
         if cfg["optimizer"] == "kfac":
             name += f" ({cfg['damping_rule']} damping)"
+        if cfg.get("shampoo_graft", "none") != "none" and cfg["optimizer"] == "shampoo":
+            name += f" ({cfg['shampoo_graft']} graft)"
         ax.set_title(f"{name}, {cfg['model']}: best moves {shift} grid steps", fontsize=9)
         ax.set_xlabel("learning rate" if r["over"] == "lr" else "damping ρ")
         ax.set_ylabel(f"train loss after {r['steps']} steps")

@@ -130,7 +130,7 @@ def plan_unroll(
     candidates: Any = None,
     autotune: bool = False,
 ) -> Any:
-    """Compiles the meta-gradient of this loop for every candidate strategy (nothing is run).
+    """Compiles the meta-gradient of this loop for every candidate strategy (run only to autotune).
 
     The program planned is the gradient of the sum of the loop's floating-point outputs w.r.t. its
     initial carry and every floating-point value ``step`` closes over (e.g. meta-parameters). This

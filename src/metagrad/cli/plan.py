@@ -153,8 +153,9 @@ def run_plan(args: argparse.Namespace) -> int:
     flops_per_s, bytes_per_s = planner.machine_throughput()
     console.print(f"[bold]{args.case}[/]: {descriptions[0]}")
     budget_text = "no limit" if budget is None else f"budget {budget / MiB:,.1f} MiB"
+    run_text = "; the close ones timed (--autotune)" if args.autotune else " and not run"
     print_table(
-        f"plan: meta-gradient strategies, compiled and not run ({jax.default_backend()}, "
+        f"plan: meta-gradient strategies, compiled{run_text} ({jax.default_backend()}, "
         f"{budget_text})",
         [
             "strategy",

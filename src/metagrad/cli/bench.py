@@ -295,15 +295,7 @@ def run_meta_grad(args: argparse.Namespace) -> int:
         sweep_results.append(entry)
 
     payload = {
-        "benchmark": "meta-grad",
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-        },
+        **_environment("meta-grad"),
         "repeats": args.repeats,
         "quick": args.quick,
         "results": rows,
@@ -390,14 +382,10 @@ def run_maml(args: argparse.Namespace) -> int:
         "quiet 2-core machine); 'cores used' = CPU time / wall-clock of the step: below the "
         "machine's core count when other processes share it (see 'load avg')."
     )
-    import os
 
     payload = {
-        "benchmark": "maml",
-        "backend": jax.default_backend(),
+        **_environment("maml"),
         "reference_s": args.reference_s,
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "config": {
             "ways": args.ways,
             "shots": args.shots,
@@ -503,8 +491,7 @@ def run_scale(args: argparse.Namespace) -> int:
             "more devices here; per-device memory is what the sharding changes."
         )
     payload = {
-        "benchmark": "scale",
-        "machine": platform.platform(),
+        **_environment("scale"),
         "model": args.model,
         "quick": args.quick,
         **{k: v for k, v in result.items() if k != "rows"},
@@ -577,15 +564,7 @@ def run_unroll(args: argparse.Namespace) -> int:
     )
     unroll.print_report(result)
     payload = {
-        "benchmark": "unroll",
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-        },
+        **_environment("unroll"),
         "quick": args.quick,
         **result,
     }
@@ -600,3 +579,23 @@ def run_unroll(args: argparse.Namespace) -> int:
     payload["results"] = [m.as_json() for m in payload.pop("measured")]
     write_results(args, None, payload)
     return 0
+
+
+def _environment(benchmark: str) -> dict[str, Any]:
+    """What every benchmark JSON records about where it ran."""
+    import os
+
+    import jax
+
+    return {
+        "benchmark": benchmark,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+    }

@@ -68,13 +68,7 @@ def reweight_markdown(
             f"* Visits per training sequence: min {summary['visits_min']}, mean "
             f"{summary['visits_mean']:.1f}.",
             "",
-            "## Memory",
-            "",
-            memory_markdown(memory),
-            "## Plots",
-            "",
-            *[f"![{name}]({path})" for name, path in plots.items()],
-            "",
+            *_memory_and_plots(memory, plots),
         ]
     )
 
@@ -113,12 +107,19 @@ def lr_markdown(
             f"(× {summary['meta_overhead']:.2f}); wall-clock of the training (all arms): "
             f"{summary['wall_s'] / 60:.1f} min.",
             "",
-            "## Memory",
-            "",
-            memory_markdown(memory),
-            "## Plots",
-            "",
-            *[f"![{name}]({path})" for name, path in plots.items()],
-            "",
+            *_memory_and_plots(memory, plots),
         ]
     )
+
+
+def _memory_and_plots(memory: Sequence[dict[str, Any]], plots: dict[str, str]) -> list[str]:
+    """The two closing sections that both reports share."""
+    return [
+        "## Memory",
+        "",
+        memory_markdown(memory),
+        "## Plots",
+        "",
+        *[f"![{name}]({path})" for name, path in plots.items()],
+        "",
+    ]

@@ -11,11 +11,16 @@ Public API:
                          XLA's memory and FLOP figures for a compiled function
   reversible_momentum_sgd, reversible_forward, reversible_reverse, ReversibleState, buffer_limbs
                          exactly reversible momentum SGD: trajectory memory flat in T
+  check, check_meta_gradient, CheckReport
+                         is a meta-gradient exact (float32 vs a float64 reference) and
+                         well-conditioned (sensitivity), and if not, why
+  EPS_ROOT               ε inside Adam's square root for inner loops that are differentiated through
   MODES                  the differentiation strategies
 """
 
 from metagrad.autodiff import MODES, grad, value_and_grad
 from metagrad.bilevel import Bilevel, InnerResult, meta_train_step
+from metagrad.diagnostics import CheckReport, check, check_meta_gradient
 from metagrad.memory import CompiledCost, compiled_cost
 from metagrad.reversible import (
     ReversibleState,
@@ -24,18 +29,22 @@ from metagrad.reversible import (
     reversible_momentum_sgd,
     reversible_reverse,
 )
-from metagrad.transforms import scale_by_learning_rates
+from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
 from metagrad.unroll import unroll
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EPS_ROOT",
     "MODES",
     "Bilevel",
+    "CheckReport",
     "CompiledCost",
     "InnerResult",
     "ReversibleState",
     "buffer_limbs",
+    "check",
+    "check_meta_gradient",
     "compiled_cost",
     "grad",
     "meta_train_step",

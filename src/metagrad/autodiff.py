@@ -18,6 +18,11 @@ The strategy is a switch, not a copy of the loop: ``metagrad.unroll`` sets the m
 the inner step. In ``"reverse"`` and ``"remat"`` mode, ``grad`` is plain ``jax.grad``. In ``"mixflow"``
 mode (the default, also outside any ``unroll``) it is the mixed-mode node described above.
 
+The mode is part of JAX's trace context (``jax.make_user_context``), not a plain thread-local: every
+cache that JAX keys on what was traced (``jax.jit``, ``jax.closure_convert``, ...) also keys on the
+mode. A user's ``jax.jit(step)`` unrolled first in ``"reverse"`` and then in ``"mixflow"`` is traced
+again for the second mode instead of silently reusing the reverse-mode trace.
+
 References:
     Kemaev, Calian, Zintgraf, Farquhar, van Hasselt. *Scalable Meta-Learning via Mixed-Mode
     Differentiation* (MixFlow-MG). ICML 2025, arXiv:2505.00793.
@@ -26,7 +31,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -44,7 +48,10 @@ INNER_GRAD_NAME = "metagrad_inner_grad"
 """Name given (``jax.ad_checkpoint.checkpoint_name``) to every gradient ``metagrad.grad`` returns, so
 that a rematerialisation policy can save exactly those values and nothing else."""
 
-_state = threading.local()
+# The mode in force while tracing. A JAX user context is included in every tracing and compilation
+# cache key, so a function traced under one mode is never reused under another. ``None`` means
+# "not set" (the default, mixflow).
+_MODE_CONTEXT = jax.make_user_context(default_value=None)
 _warned_fallback: set[str] = set()
 
 
@@ -61,26 +68,23 @@ def validate_mode(mode: object, argname: str = "mode") -> str:
 
 def current_mode() -> str:
     """The differentiation mode in force where ``metagrad.grad`` is traced (default ``"mixflow"``)."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else "mixflow"
+    mode = _MODE_CONTEXT.value
+    return "mixflow" if mode is None else mode
 
 
 @contextlib.contextmanager
 def differentiation_mode(mode: str) -> Iterator[None]:
     """Context in which every ``metagrad.grad`` traced uses the strategy ``mode``.
 
+    The mode enters JAX's trace context, so functions traced (and cached) under another mode are
+    traced again inside this context.
+
     Args:
       mode: one of ``MODES``.
     """
     validate_mode(mode)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(mode)
-    try:
+    with _MODE_CONTEXT(mode):
         yield
-    finally:
-        stack.pop()
 
 
 def grad(

@@ -8,6 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+EPS_ROOT = 1e-8
+"""ε *inside* the square root of Adam-type optimisers that are differentiated through (optax's
+``eps_root``): ``u = lr · m̂ / (√(v̂ + eps_root) + ε)``. Its derivative in the gradient is bounded by
+``lr / √eps_root``. With optax's default ``eps_root=0`` the first step is ≈ ``lr · g / (|g| + ε)``,
+whose derivative reaches ``lr / ε`` at near-zero gradients: those coordinates then dominate the
+meta-gradient, and its float32 value is noise (``metagrad.check`` reports it). Every inner Adam
+that metagrad ships uses this value: ``optax.adam(lr, eps_root=metagrad.EPS_ROOT)``."""
+
 
 class ScaleByLearningRatesState(NamedTuple):
     """``scale_by_learning_rates`` keeps no state."""

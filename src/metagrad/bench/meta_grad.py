@@ -3,7 +3,8 @@
 Cases (one ``Bilevel`` configuration each; the mode is the only thing that changes):
 
 * ``lm``: a decoder-only LM with per-sequence loss weights as meta-parameters, through T Adam
-  steps. This is the MixFlow-MG paper's setting scaled to a CPU (default B=4, S=512, 4 layers,
+  steps (ε inside the square root, ``eps_root=1e-8``: with ε outside, this meta-gradient is
+  ill-conditioned, see ``metagrad.diagnostics``). This is the MixFlow-MG paper's setting scaled to a CPU (default B=4, S=512, 4 layers,
   width 128, T=8).
 * ``mlp``: an MLP with per-parameter learning rates (Meta-SGD style) through T SGD-momentum steps.
   The same problem can also be built with the exactly reversible inner loop
@@ -27,9 +28,10 @@ import numpy as np
 import optax
 
 from metagrad.bilevel import Bilevel
+from metagrad.diagnostics import relative_error
 from metagrad.models import MLP, Conv4, DecoderLM
 from metagrad.reversible import reversible_momentum_sgd
-from metagrad.transforms import scale_by_learning_rates
+from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
 from metagrad.unroll import Schedule
 
 CASES: tuple[str, ...] = ("lm", "mlp", "maml")
@@ -43,13 +45,15 @@ MOMENTUM = (9, 10)
 
 @dataclasses.dataclass(frozen=True)
 class LMSize:
-    """Sizes of the language-model case (defaults: the paper's setting scaled to a CPU)."""
+    """Sizes of the language-model case (defaults: the paper's setting scaled to a CPU), and the
+    ``eps_root`` of its inner Adam (``0.0`` reproduces the ill-conditioned configuration)."""
 
     batch: int = 4
     seq: int = 512
     layers: int = 4
     width: int = 128
     steps: int = 8
+    eps_root: float = EPS_ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Built:
     args: tuple[Any, ...]
     description: str
     per_step_state_bytes: int  # bytes of θ, optimiser state and g kept per step: the T-term
+    problem: Bilevel | None = None  # the case as one Bilevel problem (for metagrad.check)
+    check_inputs: dict[str, Any] = dataclasses.field(default_factory=dict)  # its meta and data
+    perturb: int = 1  # index in args of the initial parameters (perturbed by the sensitivity)
 
 
 def _tree_bytes(*trees: Any) -> int:
@@ -101,7 +108,7 @@ def build_lm(mode: str, size: LMSize = LMSize(), seed: int = 0, schedule: Schedu
     problem = Bilevel(
         inner_loss=inner_loss,
         outer_loss=lambda p, w, tok: jnp.mean(lm.sequence_losses(p, tok)),
-        inner_optimizer=optax.adam(1e-3),
+        inner_optimizer=optax.adam(1e-3, eps_root=size.eps_root),
         steps=size.steps,
         mode=mode,
         schedule=schedule,
@@ -109,13 +116,15 @@ def build_lm(mode: str, size: LMSize = LMSize(), seed: int = 0, schedule: Schedu
     desc = (
         f"decoder LM {_count(params) / 1e6:.2f}M params, B={size.batch}, S={size.seq}, "
         f"{size.layers} layers, width {size.width}, T={size.steps} Adam steps, "
-        "per-sequence loss weights"
+        f"per-sequence loss weights, eps_root={size.eps_root:g}"
     )
     return Built(
         _jit_meta_grad(problem, fixed_params=True, same_batch=False),
         (weights, params, batches, val),
         desc,
         4 * _tree_bytes(params),  # θ, Adam's two moments, g
+        problem,
+        {"meta": weights, "params": params, "inner_batches": batches, "outer_batch": val},
     )
 
 
@@ -198,6 +207,8 @@ def build_mlp(
         args,
         desc,
         3 * _tree_bytes(params),  # θ, momentum, g
+        problem,
+        {"meta": lrs, "params": params, "inner_batches": args[2], "outer_batch": args[3]},
     )
 
 
@@ -248,7 +259,14 @@ def build_maml(
         f"second-order MAML, conv4 {channels} ch ({_count(params) / 1e6:.2f}M params), "
         f"{ways}-way {shots}-shot, {queries} queries, T={steps} SGD steps, meta-batch {meta_batch}"
     )
-    return Built(fn, (params, (support, query)), desc, 2 * _tree_bytes(params))
+    first_task = {
+        "meta": params,
+        "inner_batch": jax.tree.map(lambda x: x[0], support),
+        "outer_batch": jax.tree.map(lambda x: x[0], query),
+    }
+    return Built(
+        fn, (params, (support, query)), desc, 2 * _tree_bytes(params), problem, first_task, 0
+    )
 
 
 def build(case: str, mode: str, *, schedule: Schedule = None, **overrides: Any) -> Built:
@@ -263,17 +281,6 @@ def build(case: str, mode: str, *, schedule: Schedule = None, **overrides: Any) 
     if case == "maml":
         return build_maml(mode, **overrides)
     raise ValueError(f"case must be one of {', '.join(CASES)}; got {case!r}.")
-
-
-def relative_error(grad: Any, reference: Any) -> float:
-    """``max|g - g_ref| / max|g_ref|`` over all leaves: the error relative to the gradient's scale
-    (an element-wise ratio is meaningless for entries that are close to zero)."""
-    diff = max(
-        float(jnp.max(jnp.abs(a - b)))
-        for a, b in zip(*map(jax.tree.leaves, (grad, reference)), strict=True)
-    )
-    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(reference))
-    return diff / max(scale, 1e-30)
 
 
 def _count(params: Any) -> int:

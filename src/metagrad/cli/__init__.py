@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Module names (inside metagrad.cli) that provide top-level sub-commands.
-_COMMANDS: tuple[str, ...] = ("bench", "fewshot", "meta", "plan", "width")
+_COMMANDS: tuple[str, ...] = ("bench", "check", "fewshot", "meta", "plan", "width")
 
 
 def build_parser() -> argparse.ArgumentParser:

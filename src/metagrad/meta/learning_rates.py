@@ -2,7 +2,7 @@
 
 The meta-parameters are one log-learning-rate per layer group of the decoder LM (embedding; each
 block's attention; each block's MLP; the output head), the updates of the inner optimiser being
-``-exp(log_lr[group]) * adam_direction`` (``optax.scale_by_adam`` followed by
+``-exp(log_lr[group]) * adam_direction`` (``optax.scale_by_adam(eps_root=EPS_ROOT)`` followed by
 :func:`metagrad.scale_by_learning_rates`). They are meta-learned online: each window of T inner
 steps is differentiated (``metagrad.unroll``, ``mode``) to get the meta-gradient of the validation
 loss at its end with respect to the log-rates, which take an Adam step, and training continues
@@ -47,7 +47,7 @@ from metagrad.meta.lm_task import (
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
 from metagrad.meta.runner import METRICS, Arm, read_metrics, run_arms
-from metagrad.transforms import scale_by_learning_rates
+from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
 
 DEFAULT_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
 
@@ -165,7 +165,7 @@ def learned_optimizer(groups: Any) -> Any:
     def optimizer_of(meta: dict[str, jax.Array]) -> optax.GradientTransformation:
         rates = jnp.exp(meta["log_lr"])
         per_leaf = jax.tree.map(lambda g: rates[g], groups)
-        return optax.chain(optax.scale_by_adam(), scale_by_learning_rates(per_leaf))
+        return optax.chain(optax.scale_by_adam(eps_root=EPS_ROOT), scale_by_learning_rates(per_leaf))
 
     return optimizer_of
 
@@ -213,7 +213,7 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
         return jnp.mean(model.sequence_losses(p, tokens))
 
     # One compiled program serves every grid point: the rate is an argument, not a constant.
-    plain_window = training_window(loss, lambda lr: optax.adam(lr))
+    plain_window = training_window(loss, lambda lr: optax.adam(lr, eps_root=EPS_ROOT))
     meta_step = online_meta_step(loss, loss, optimizer_of, meta_opt, mode=config.mode)
 
     def batches(step: int) -> jax.Array:
@@ -224,7 +224,7 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
         return {"loss": mean_loss(model, state["params"], data.val_eval)}
 
     def grid_arm(lr: float) -> Arm:
-        opt = optax.adam(lr)
+        opt = optax.adam(lr, eps_root=EPS_ROOT)
 
         def init() -> dict[str, Any]:
             return {"params": params0, "opt_state": opt.init(params0)}
@@ -347,6 +347,24 @@ def summarise(
         "wall_s": wall_s,
         "metrics": str(out / METRICS),
     }
+
+
+def first_window_inputs(config: LRConfig, data: LRData) -> tuple[Any, ...]:
+    """The arguments of the learned arm's first meta-step window, with real data: ``(meta, params,
+    inner_state, batches, outer_batch)``, for ``meta_gradient_builder(config)``'s programs (and
+    ``metagrad check --case lr``)."""
+    params = config.spec.model().init(jax.random.PRNGKey(config.seed))
+    names, groups = layer_groups(params)
+    meta = {"log_lr": jnp.full((len(names),), math.log(config.initial_lr), jnp.float32)}
+    index = window_indices(config.seed, 1, config.steps, config.batch, len(data.train))
+    outer = outer_indices(config.seed, 1, config.outer_batch, len(data.val))
+    return (
+        meta,
+        params,
+        learned_optimizer(groups)(meta).init(params),
+        jnp.asarray(data.train[index], jnp.int32),
+        jnp.asarray(data.val[outer], jnp.int32),
+    )
 
 
 def meta_gradient_builder(config: LRConfig) -> Any:

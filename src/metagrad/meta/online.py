@@ -128,6 +128,19 @@ def window_value_and_grad(
     return fn
 
 
+def as_meta_gradient(
+    window: Callable[..., WindowResult],
+) -> Callable[..., tuple[jax.Array, Meta]]:
+    """``window`` as ``(*args) -> (outer value, meta-gradient)``, the form ``metagrad.check``
+    takes."""
+
+    def fn(*args: Any) -> tuple[jax.Array, Meta]:
+        result = window(*args)
+        return result.outer, result.meta_grad
+
+    return fn
+
+
 def online_meta_step(
     inner_loss: Loss,
     outer_loss: Loss,

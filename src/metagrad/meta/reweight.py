@@ -49,6 +49,7 @@ from metagrad.meta.lm_task import (
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
 from metagrad.meta.runner import METRICS, Arm, read_metrics, run_arms
 from metagrad.meta.weighting import WEIGHTINGS, WeightModel, make_weight_model, weighted_mean
+from metagrad.transforms import EPS_ROOT
 
 ARMS: tuple[str, ...] = ("uniform", "oracle", "learned")
 #: Adam learning rate of the meta-parameters when ``meta_lr`` is not given, per weight model.
@@ -229,7 +230,7 @@ def _programs(config: ReweightConfig, n: int) -> tuple[Any, Any]:
     process (a resumed run, or a test's second run, reuses the compiled programs)."""
     model = config.spec.model()
     weight_model = make_weight_model(config.weights, n, config.scorer_hidden)
-    inner_opt = optax.adam(config.lr)
+    inner_opt = optax.adam(config.lr, eps_root=EPS_ROOT)
 
     def plain_loss(p: Any, _: Any, batch: dict[str, jax.Array]) -> jax.Array:
         return jnp.mean(model.sequence_losses(p, batch["tokens"]))
@@ -253,7 +254,7 @@ def make_arms(config: ReweightConfig, data: ReweightData) -> dict[str, Arm]:
     model = config.spec.model()
     n = len(data.train)
     weight_model = make_weight_model(config.weights, n, config.scorer_hidden)
-    inner_opt = optax.adam(config.lr)
+    inner_opt = optax.adam(config.lr, eps_root=EPS_ROOT)
     meta_opt = optax.adam(config.effective_meta_lr)
     clean = data.clean_indices
     train_tokens = jnp.asarray(data.train, jnp.int32)
@@ -412,12 +413,29 @@ def summarise(
     }
 
 
+def first_window_inputs(config: ReweightConfig, data: ReweightData) -> tuple[Any, ...]:
+    """The arguments of the learned arm's first meta-step window, with real data: ``(meta, params,
+    inner_state, batches, outer_batch)``, for ``meta_gradient_builder(config)``'s programs (and
+    ``metagrad check --case reweight``)."""
+    weight_model = make_weight_model(config.weights, len(data.train), config.scorer_hidden)
+    params = _init_params(config)
+    index = window_indices(config.seed, 1, config.steps, config.batch, len(data.train))
+    outer = outer_indices(config.seed, 1, config.outer_batch, len(data.val))
+    return (
+        weight_model.init(jax.random.PRNGKey(config.seed + 1)),
+        params,
+        optax.adam(config.lr, eps_root=EPS_ROOT).init(params),
+        {"tokens": jnp.asarray(data.train[index], jnp.int32), "index": jnp.asarray(index, jnp.int32)},
+        jnp.asarray(data.val[outer], jnp.int32),
+    )
+
+
 def meta_gradient_builder(config: ReweightConfig) -> Any:
     """``(mode, T) -> (jitted meta-gradient, abstract arguments)`` of one window, for the memory
     report (compile only: the arguments are ``jax.ShapeDtypeStruct``s)."""
     model = config.spec.model()
     weight_model = make_weight_model(config.weights, config.train_sequences, config.scorer_hidden)
-    inner_opt = optax.adam(config.lr)
+    inner_opt = optax.adam(config.lr, eps_root=EPS_ROOT)
 
     def weighted_loss(p: Any, meta: Any, batch: dict[str, jax.Array]) -> jax.Array:
         losses = model.sequence_losses(p, batch["tokens"])

@@ -168,7 +168,9 @@ def check_meta_gradient(
             f" got {perturb!r}."
         )
     if not 0 < delta < 1e-2:
-        raise ValueError(f"check: delta must be a small positive number (e.g. 1e-6); got {delta!r}.")
+        raise ValueError(
+            f"check: delta must be a small positive number (e.g. 1e-6); got {delta!r}."
+        )
 
     float32 = {m: _grad_of(jax.jit(make(m))(*args)) for m in modes}
 
@@ -297,7 +299,9 @@ def _trajectory_growth(problem: Any, args64: Sequence[Any], xi: Any, maml: bool)
 
     def after(steps: int) -> Callable[[Any], Any]:
         masks = None if problem.update_masks is None else problem.update_masks[:steps]
-        short: Bilevel = dataclasses.replace(problem, steps=steps, update_masks=masks, mode="reverse")
+        short: Bilevel = dataclasses.replace(
+            problem, steps=steps, update_masks=masks, mode="reverse"
+        )
         xs = None if inner_batches is None else jax.tree.map(lambda b: b[:steps], inner_batches)
 
         def run(s: Any) -> Any:
@@ -400,7 +404,12 @@ def _causes(
                 + "."
             )
         growth = traj.get("growth_per_step", float("nan"))
-        if traj and traj["steps"] > 1 and np.isfinite(growth) and growth ** (traj["steps"] - 1) > 100:
+        if (
+            traj
+            and traj["steps"] > 1
+            and np.isfinite(growth)
+            and growth ** (traj["steps"] - 1) > 100
+        ):
             causes.append(
                 f"tangent growth along the trajectory: ×{traj['growth_per_step']:.3g} per inner "
                 f"step over {traj['steps']} steps (expanding inner Jacobians); lower the inner "

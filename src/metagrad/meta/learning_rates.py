@@ -165,7 +165,9 @@ def learned_optimizer(groups: Any) -> Any:
     def optimizer_of(meta: dict[str, jax.Array]) -> optax.GradientTransformation:
         rates = jnp.exp(meta["log_lr"])
         per_leaf = jax.tree.map(lambda g: rates[g], groups)
-        return optax.chain(optax.scale_by_adam(eps_root=EPS_ROOT), scale_by_learning_rates(per_leaf))
+        return optax.chain(
+            optax.scale_by_adam(eps_root=EPS_ROOT), scale_by_learning_rates(per_leaf)
+        )
 
     return optimizer_of
 

@@ -425,7 +425,10 @@ def first_window_inputs(config: ReweightConfig, data: ReweightData) -> tuple[Any
         weight_model.init(jax.random.PRNGKey(config.seed + 1)),
         params,
         optax.adam(config.lr, eps_root=EPS_ROOT).init(params),
-        {"tokens": jnp.asarray(data.train[index], jnp.int32), "index": jnp.asarray(index, jnp.int32)},
+        {
+            "tokens": jnp.asarray(data.train[index], jnp.int32),
+            "index": jnp.asarray(index, jnp.int32),
+        },
         jnp.asarray(data.val[outer], jnp.int32),
     )
 

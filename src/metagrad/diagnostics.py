@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -173,30 +173,23 @@ def check_meta_gradient(
         )
 
     float32 = {m: _grad_of(jax.jit(make(m))(*args)) for m in modes}
-
-    cpu = jax.devices("cpu")[0]
-    with jax.enable_x64(True), jax.default_device(cpu):
-        args64 = jax.device_put(_cast(args, jnp.float64), cpu)
-        fn64 = jax.jit(make(reference_mode))
-        ref = _grad_of(fn64(*args64))
-        ref_dtypes = {str(x.dtype) for x in jax.tree.leaves(ref)}
-        errors = {m: relative_error(g, ref) for m, g in float32.items()}
-        rng = np.random.default_rng(seed)
-        changes, directions_used = [], []
-        for _ in range(directions):
-            xi = jax.tree.map(lambda x: rng.standard_normal(np.shape(x)), args64[perturb])
-            moved = list(args64)
-            moved[perturb] = jax.tree.map(
-                lambda x, e: x * (1 + delta * e) if _is_float(x) else x, args64[perturb], xi
-            )
-            changes.append(jax.tree.map(lambda a, b: a - b, _grad_of(fn64(*moved)), ref))
-            directions_used.append(xi)
-        sizes = [relative_error(jax.tree.map(lambda c, r: c + r, c, ref), ref) for c in changes]
-        worst = int(np.argmax(sizes))
-        sensitivity = sizes[worst]
-        traj = trajectory(args64, directions_used[worst]) if trajectory is not None else {}
+    ref = float64_reference(
+        make,
+        args,
+        perturb=perturb,
+        reference_mode=reference_mode,
+        delta=delta,
+        directions=directions,
+        seed=seed,
+    )
+    errors = {m: relative_error(g, ref.grad) for m, g in float32.items()}
+    sensitivity = ref.sensitivity
+    traj = {}
+    if trajectory is not None:
+        with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+            traj = trajectory(ref.args, ref.direction)
     amplification = sensitivity / delta
-    dominant = _dominant_leaves(changes[worst])
+    dominant = _dominant_leaves(ref.change)
     backend = jax.default_backend()
     precision = str(jax.config.jax_default_matmul_precision or "default")
     causes = _causes(
@@ -212,10 +205,65 @@ def check_meta_gradient(
         causes=causes,
         dominant=dominant,
         trajectory=traj,
-        reference={"mode": reference_mode, "dtype": ",".join(sorted(ref_dtypes)), "device": "cpu"},
+        reference={"mode": reference_mode, "dtype": ref.dtype, "device": "cpu"},
         precision=precision,
         backend=backend,
     )
+
+
+class Reference(NamedTuple):
+    """A float64 meta-gradient and its sensitivity (see ``float64_reference``).
+
+    Attributes:
+      grad: the float64 meta-gradient (numpy leaves).
+      sensitivity: largest relative change of ``grad`` over the perturbation directions tried.
+      change: the change of ``grad`` in that direction.
+      direction: that direction ξ (structured like ``args[perturb]``).
+      args: the arguments cast to float64 (on the CPU).
+      dtype: the dtypes of ``grad`` (``"float64"`` unless the function forces another).
+    """
+
+    grad: Any
+    sensitivity: float
+    change: Any
+    direction: Any
+    args: tuple[Any, ...]
+    dtype: str
+
+
+def float64_reference(
+    make: Callable[[str], MetaGradFn],
+    args: Sequence[Any],
+    *,
+    perturb: int,
+    reference_mode: str = "reverse",
+    delta: float = DEFAULT_DELTA,
+    directions: int = 2,
+    seed: int = 0,
+) -> Reference:
+    """The float64 meta-gradient on the CPU, and its sensitivity to a relative ``delta``
+    perturbation ``x · (1 + delta · ξ)`` of ``args[perturb]`` (ξ standard normal; the largest
+    change over ``directions`` draws). Arguments are as for ``check_meta_gradient``."""
+    cpu = jax.devices("cpu")[0]
+    with jax.enable_x64(True), jax.default_device(cpu):
+        args64 = tuple(jax.device_put(_cast(tuple(args), jnp.float64), cpu))
+        fn64 = jax.jit(make(reference_mode))
+        ref = _grad_of(fn64(*args64))
+        rng = np.random.default_rng(seed)
+        best = None
+        for _ in range(directions):
+            xi = jax.tree.map(lambda x: rng.standard_normal(np.shape(x)), args64[perturb])
+            moved = list(args64)
+            moved[perturb] = jax.tree.map(
+                lambda x, e: x * (1 + delta * e) if _is_float(x) else x, args64[perturb], xi
+            )
+            change = jax.tree.map(lambda a, b: a - b, _grad_of(fn64(*moved)), ref)
+            size = relative_error(jax.tree.map(lambda c, r: c + r, change, ref), ref)
+            if best is None or size > best[0]:
+                best = (size, change, xi)
+    assert best is not None
+    dtypes = ",".join(sorted({str(x.dtype) for x in jax.tree.leaves(ref)}))
+    return Reference(ref, best[0], best[1], best[2], args64, dtypes)
 
 
 def check(

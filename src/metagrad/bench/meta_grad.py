@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from metagrad.bilevel import Bilevel
-from metagrad.diagnostics import relative_error
+from metagrad.diagnostics import DEFAULT_DELTA, float64_reference, relative_error
 from metagrad.models import MLP, Conv4, DecoderLM
 from metagrad.reversible import reversible_momentum_sgd
 from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
@@ -295,15 +295,27 @@ def run(
     modes: Sequence[str],
     repeats: int = 3,
     overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    reference_mode: str = "remat",
+    delta: float = DEFAULT_DELTA,
 ) -> list[dict[str, Any]]:
-    """Measures every (case, mode): compiled memory, median time, error against ``"reverse"``.
+    """Measures every (case, mode): compiled memory, median time, and exactness.
+
+    Exactness is measured against a float64 reference on the CPU (``metagrad.diagnostics``),
+    never by two float32 modes agreeing: on a CPU they may run the same operations. Beside it, the
+    sensitivity of the float64 meta-gradient to a relative ``delta`` perturbation of the initial
+    parameters says whether the figure means anything (a well-conditioned meta-gradient moves by
+    about ``delta``).
 
     Args:
       cases: case names from ``CASES``.
-      modes: differentiation modes. When ``"reverse"`` is among them, the errors are measured
-        against it.
+      modes: differentiation modes.
       repeats: timed runs per measurement after a warm-up run.
       overrides: per-case keyword overrides of the builders' sizes, e.g. ``{"lm": {"seq": 128}}``.
+      reference_mode: mode of the float64 reference: ``"remat"`` (default: reverse-over-reverse
+        with per-step checkpoints, a fraction of ``"reverse"``'s memory in float64) or
+        ``"reverse"``.
+      delta: relative perturbation of the sensitivity estimate.
 
     Returns:
       One dict per (case, mode), JSON-ready.
@@ -314,30 +326,51 @@ def run(
     overrides = overrides or {}
     rows: list[dict[str, Any]] = []
     with progress_bar() as bar:
-        task = bar.add_task("meta-grad benchmark", total=len(cases) * len(modes), status="")
+        task = bar.add_task("meta-grad benchmark", total=len(cases) * (len(modes) + 1), status="")
         for case in cases:
-            # Run the reference first, so that the other modes can be compared with it.
-            reference = None
+            bar.update(task, status=f"{case} / float64 {reference_mode} reference and sensitivity")
+            ref = _reference(case, overrides.get(case, {}), reference_mode, delta)
+            bar.advance(task)
+            # float32 reverse mode: kept as a second column (agreement between float32 modes).
+            reverse = None
             for mode in sorted(modes, key=lambda m: m != "reverse"):
                 bar.update(task, status=f"{case} / {mode}: compiling and timing")
                 built = build(case, mode, **overrides.get(case, {}))
                 result = measure(built.fn, built.args, repeats)
                 _, meta_grad = result.pop("output")
                 if mode == "reverse":
-                    reference = meta_grad
-                error = float("nan") if reference is None else relative_error(meta_grad, reference)
+                    reverse = meta_grad
                 rows.append(
                     {
                         "case": case,
                         "mode": mode,
                         "description": built.description,
-                        "rel_error_vs_reverse": error,
+                        "rel_error_vs_float64": relative_error(meta_grad, ref.grad),
+                        "sensitivity": ref.sensitivity,
+                        "delta": delta,
+                        "reference": {"mode": reference_mode, "dtype": ref.dtype, "device": "cpu"},
+                        "rel_error_vs_reverse": (
+                            float("nan") if reverse is None else relative_error(meta_grad, reverse)
+                        ),
                         **result,
                     }
                 )
                 bar.advance(task)
         bar.update(task, status="done")
     return rows
+
+
+def _reference(case: str, overrides: dict[str, Any], reference_mode: str, delta: float) -> Any:
+    """The case's float64 meta-gradient and its sensitivity (one perturbation direction)."""
+    built = build(case, reference_mode, **overrides)
+    return float64_reference(
+        lambda mode: build(case, mode, **overrides).fn,
+        built.args,
+        perturb=built.perturb,
+        reference_mode=reference_mode,
+        delta=delta,
+        directions=1,
+    )
 
 
 def sweep(

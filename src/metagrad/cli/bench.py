@@ -30,8 +30,10 @@ def register(subparsers: Any) -> None:
         "meta-grad",
         help="memory, time and exactness of the meta-gradient in each differentiation mode",
         description="For each case and mode: XLA compiled memory (temp and total), median "
-        "wall-clock of the compiled meta-gradient after a warm-up, and the max relative error "
-        "against 'reverse'.",
+        "wall-clock of the compiled meta-gradient after a warm-up, the max relative error "
+        "against a float64 reference (computed on the CPU), and the sensitivity of that "
+        "reference to a relative 1e-6 perturbation of the initial parameters (a condition "
+        "estimate: an error is only meaningful where the sensitivity is small).",
     )
     p.add_argument("--cases", default="lm,mlp,maml", help="comma-separated: lm, mlp, maml")
     p.add_argument(
@@ -52,6 +54,21 @@ def register(subparsers: Any) -> None:
         metavar="P=V1,V2,...",
         help="also sweep an LM size (T=inner steps, S=sequence length), compile only, and plot "
         "memory against it; repeatable, e.g. --sweep T=2,4,8,16 --sweep S=128,256,512",
+    )
+    p.add_argument(
+        "--precision",
+        default="default",
+        choices=PRECISIONS,
+        help="matmul precision of the float32 runs (jax.default_matmul_precision): default "
+        "(TF32/bf16 passes on GPUs and TPUs), high, or highest (full float32; use it for exact "
+        "comparisons on accelerators). The CPU computes float32 in full precision either way.",
+    )
+    p.add_argument(
+        "--reference-mode",
+        default="remat",
+        choices=("remat", "reverse"),
+        help="mode of the float64 reference (default remat: reverse-over-reverse with per-step "
+        "checkpoints, which fits in float64 where reverse may not)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
     p.add_argument("--json", type=Path, help="write all figures to this JSON file")
@@ -217,7 +234,10 @@ def run_meta_grad(args: argparse.Namespace) -> int:
         if case in overrides and args.steps:
             overrides[case]["steps"] = args.steps
 
-    rows = meta_grad.run(cases, modes, args.repeats, overrides)
+    with _matmul_precision(args.precision):
+        rows = meta_grad.run(
+            cases, modes, args.repeats, overrides, reference_mode=args.reference_mode
+        )
     table = []
     for r in rows:
         ref = next((x for x in rows if x["case"] == r["case"] and x["mode"] == "reverse"), None)
@@ -233,7 +253,8 @@ def run_meta_grad(args: argparse.Namespace) -> int:
                 r["median_s"],
                 ratio_time,
                 r["gflops"],
-                r["rel_error_vs_reverse"],
+                r["rel_error_vs_float64"],
+                r["sensitivity"],
             ]
         )
     for case in cases:
@@ -241,7 +262,10 @@ def run_meta_grad(args: argparse.Namespace) -> int:
             f"[bold]{case}[/]: {next(r['description'] for r in rows if r['case'] == case)}"
         )
     print_table(
-        f"meta-gradient benchmark ({jax.default_backend()}, {args.repeats} timed runs, median)",
+        f"meta-gradient benchmark ({jax.default_backend()}, matmul precision {args.precision}, "
+        f"{args.repeats} timed runs, median; error vs a float64 {args.reference_mode} reference "
+        "on the CPU; sensitivity: relative change of that reference under a 1e-6 relative "
+        "perturbation of θ₀)",
         [
             "case",
             "mode",
@@ -251,7 +275,8 @@ def run_meta_grad(args: argparse.Namespace) -> int:
             "median s",
             "time ÷ reverse",
             "GFLOP",
-            "rel. error",
+            "error vs float64",
+            "sensitivity",
         ],
         table,
     )
@@ -296,6 +321,8 @@ def run_meta_grad(args: argparse.Namespace) -> int:
 
     payload = {
         **_environment("meta-grad"),
+        "matmul_precision": args.precision,
+        "reference_mode": args.reference_mode,
         "repeats": args.repeats,
         "quick": args.quick,
         "results": rows,
@@ -579,6 +606,20 @@ def run_unroll(args: argparse.Namespace) -> int:
     payload["results"] = [m.as_json() for m in payload.pop("measured")]
     write_results(args, None, payload)
     return 0
+
+
+PRECISIONS = ("default", "high", "highest")
+
+
+def _matmul_precision(precision: str) -> Any:
+    """``jax.default_matmul_precision(precision)``, or no change for ``"default"``."""
+    import contextlib
+
+    import jax
+
+    if precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
 
 
 def _environment(benchmark: str) -> dict[str, Any]:

@@ -14,29 +14,30 @@ from metagrad.cli import main
 TINY_LM = {"seq": 16, "layers": 1, "width": 16, "batch": 2, "steps": 3}
 
 
-@pytest.fixture(scope="module")
-def lm_reports():
-    """The tiny LM case with ε outside Adam's root (optax's default) and with the shipped one."""
-    out = {}
-    for name, eps_root in (("eps_outside", 0.0), ("default", metagrad.EPS_ROOT)):
-        built = build("lm", "mixflow", eps_root=eps_root, **TINY_LM)
-        out[name] = metagrad.check(
-            built.problem, **built.check_inputs, modes=("reverse", "mixflow"), directions=1
-        )
-    return out
+def test_cli_flags_eps_outside_the_root_and_names_the_cause(tmp_path, capsys):
+    """`metagrad check` on the LM case as it was shipped before (optax.adam, ε outside the root)."""
+    sizes = [f"--{k}={v}" for k, v in TINY_LM.items()]
+    path = tmp_path / "check.json"
+    code = main(
+        ["check", "--case", "lm", *sizes, "--eps-root", "0", "--modes", "reverse,mixflow"]
+        + ["--json", str(path)]
+    )
+    assert code == 1  # ill-conditioned: scripts can stop here
+    report = json.loads(path.read_text())
+    assert report["verdict"] == "ill-conditioned"
+    assert report["sensitivity"] > 1e-2  # a 1e-6 relative perturbation moves it by > 1%
+    assert any("adaptive optimiser's root" in c and "eps_root" in c for c in report["causes"])
+    assert report["trajectory"]["adaptive_update"]
+    assert report["trajectory"]["root_amplification"] > 1e6
+    assert set(report["rel_error_vs_float64"]) == {"reverse", "mixflow"}
+    assert "verdict: ill-conditioned" in capsys.readouterr().out
 
 
-def test_eps_outside_the_root_is_flagged_with_its_cause(lm_reports):
-    report = lm_reports["eps_outside"]
-    assert report.verdict == "ill-conditioned"
-    assert report.sensitivity > 1e-2  # a 1e-6 relative perturbation moves it by > 1%
-    assert any("adaptive optimiser's root" in c and "eps_root" in c for c in report.causes)
-    assert report.trajectory["adaptive_update"]
-    assert report.trajectory["root_amplification"] > 1e6
-
-
-def test_the_shipped_default_is_sound(lm_reports):
-    report = lm_reports["default"]
+def test_the_shipped_default_is_sound():
+    built = build("lm", "mixflow", **TINY_LM)
+    report = metagrad.check(
+        built.problem, **built.check_inputs, modes=("reverse", "mixflow"), directions=1
+    )
     assert report.verdict == "sound", report.summary()
     assert report.causes == []
     assert max(report.rel_error_vs_float64.values()) < 1e-3
@@ -118,6 +119,7 @@ def test_errors_name_the_argument():
         (["--reference-mode", "mixflow"], "--reference-mode must be reverse or remat"),
         (["--delta", "0"], "--delta must be in"),
         (["--case", "mlp", "--seq", "8"], "--seq applies to --case lm"),
+        (["--width", "0"], "--width must be a positive integer"),
     ],
 )
 def test_cli_errors(argv, message):

@@ -31,8 +31,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--case", default="lm", help=f"one of {', '.join(CASES)} (default lm)")
     p.add_argument("--modes", default="reverse,remat,mixflow", help="modes to compare")
+    p.add_argument("--batch", type=int, help="lm: batch size (default 4)")
     p.add_argument("--seq", type=int, help="lm: sequence length (default 512)")
     p.add_argument("--layers", type=int, help="lm: layers (default 4)")
+    p.add_argument("--width", type=int, help="lm: width (default 128)")
     p.add_argument("--steps", type=int, help="lm: inner steps T (default 8)")
     p.add_argument(
         "--eps-root",
@@ -57,12 +59,14 @@ def _target(args: argparse.Namespace) -> tuple[Any, str]:
         from metagrad.bench.meta_grad import build
 
         overrides = {}
-        for flag in ("seq", "layers", "steps", "eps_root"):
+        for flag in ("batch", "seq", "layers", "width", "steps", "eps_root"):
             value = getattr(args, flag)
             if value is None:
                 continue
             if args.case != "lm":
                 raise SystemExit(f"{COMMAND}: --{flag.replace('_', '-')} applies to --case lm.")
+            if flag != "eps_root" and value < 1:
+                raise SystemExit(f"{COMMAND}: --{flag} must be a positive integer; got {value}.")
             overrides[flag] = value
         built = build(args.case, "mixflow", **overrides)
         return lambda **o: check(built.problem, **built.check_inputs, **o), built.description
@@ -87,7 +91,8 @@ def _target(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Runs the check and prints the report; returns 0 when sound, 1 when ill-conditioned."""
+    """Runs the check and prints the report; returns 0 when sound, 1 when ill-conditioned (so
+    that a script can stop before trusting the meta-gradient)."""
     from metagrad.autodiff import MODES
     from metagrad.cli.output import write_results
 

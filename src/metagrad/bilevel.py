@@ -4,7 +4,8 @@ One routine covers the common cases, because meta-parameters ``meta`` (any pytre
 anywhere:
 
 * in the inner loss, e.g. per-example or per-token loss weights: ``inner_loss(params, meta, batch)``;
-* in the inner optimiser, e.g. learning rates: ``inner_optimizer=lambda meta: optax.adam(meta["lr"])``,
+* in the inner optimiser, e.g. learning rates:
+  ``inner_optimizer=lambda meta: optax.adam(meta["lr"], eps_root=metagrad.EPS_ROOT)``,
   ``optax.inject_hyperparams``, or per-parameter rates with ``metagrad.scale_by_learning_rates``;
 * as the initial parameters (MAML): ``init_params=lambda meta: meta["params"]``.
 
@@ -60,7 +61,9 @@ class Bilevel:
       inner_loss: ``(params, meta, batch) -> scalar``, the loss the inner optimiser minimises.
       outer_loss: ``(params, meta, batch) -> scalar``, evaluated at the adapted parameters.
       inner_optimizer: an ``optax.GradientTransformation``, or a function ``meta -> transformation``
-        when the optimiser depends on meta-parameters (learning rates, momentum, ...).
+        when the optimiser depends on meta-parameters (learning rates, momentum, ...). Adaptive
+        optimisers need ε inside the square root (``optax.adam(lr, eps_root=metagrad.EPS_ROOT)``):
+        with it outside, the meta-gradient is ill-conditioned (``metagrad.check`` says so).
       steps: number of inner steps T.
       init_params: ``meta -> params``, when the initial parameters are meta-parameters (MAML).
         Leave ``None`` and pass ``params=`` to the methods when they are not.
@@ -82,7 +85,7 @@ class Bilevel:
       >>> problem = Bilevel(
       ...     inner_loss=lambda p, w, b: jnp.mean(w * per_example_loss(p, b)),
       ...     outer_loss=lambda p, w, b: jnp.mean(per_example_loss(p, b)),
-      ...     inner_optimizer=optax.adam(1e-3), steps=8)
+      ...     inner_optimizer=optax.adam(1e-3, eps_root=metagrad.EPS_ROOT), steps=8)
       >>> value, meta_grad = problem.value_and_grad(weights, params=p0,
       ...     inner_batches=train_batches, outer_batch=val_batch)
 

@@ -57,6 +57,11 @@ class CheckReport:
       amplification: ``sensitivity / delta``, a condition-number estimate of the meta-gradient.
       verdict: ``"sound"`` or ``"ill-conditioned"``.
       causes: one sentence per cause found, each with what to do.
+      notes: observations that do not change the verdict (e.g. a kink crossed by the perturbation).
+      small_delta_sensitivity: the sensitivity re-measured at ``delta / 100`` and scaled by 100,
+        when ``sensitivity`` exceeded the threshold (``nan`` otherwise). Much smaller than
+        ``sensitivity`` means the change was a jump across a kink, not an amplification; the
+        verdict then uses this figure.
       dominant: where the meta-gradient's change comes from: dicts with ``leaf`` (a path of the
         meta-gradient), ``share`` (fraction of the squared change) and ``index`` (its largest
         coordinate).
@@ -76,6 +81,8 @@ class CheckReport:
     amplification: float
     verdict: str
     causes: list[str]
+    notes: list[str]
+    small_delta_sensitivity: float
     dominant: list[dict[str, Any]]
     trajectory: dict[str, Any]
     reference: dict[str, str]
@@ -108,6 +115,7 @@ class CheckReport:
                 f"index {tuple(d['index'])})"
             )
         lines += [f"cause: {c}" for c in self.causes]
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -183,9 +191,17 @@ def check_meta_gradient(
         delta=delta,
         directions=directions,
         seed=seed,
+        confirm_above=max_sensitivity,
     )
     errors = {m: relative_error(g, ref.grad) for m, g in float32.items()}
     sensitivity = ref.sensitivity
+    # A change that does not shrink with the perturbation is a jump (an activation kink crossed),
+    # not an amplification: within its smooth piece the meta-gradient is as sensitive as the
+    # small-delta figure says.
+    jump = bool(np.isfinite(ref.small_delta_sensitivity)) and (
+        ref.small_delta_sensitivity <= max_sensitivity
+    )
+    smooth_sensitivity = ref.small_delta_sensitivity if jump else sensitivity
     traj = {}
     if trajectory is not None:
         with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
@@ -195,9 +211,27 @@ def check_meta_gradient(
     backend = jax.default_backend()
     precision = str(jax.config.jax_default_matmul_precision or "default")
     causes = _causes(
-        errors, sensitivity, amplification, traj, backend, precision, max_error, max_sensitivity
+        errors,
+        smooth_sensitivity,
+        amplification,
+        traj,
+        backend,
+        precision,
+        max_error,
+        max_sensitivity,
     )
-    sound = sensitivity <= max_sensitivity and all(e <= max_error for e in errors.values())
+    notes = []
+    if jump:
+        notes.append(
+            f"non-smooth: a {delta:g} perturbation moved the meta-gradient by {sensitivity:.2e}, "
+            f"a {delta / 100:g} one by {ref.small_delta_sensitivity / 100:.2e}: the large change "
+            "is a jump, not a linear response; the perturbation crossed a kink of the inner loss "
+            "(e.g. a ReLU switching). The meta-gradient is "
+            "piecewise smooth; within a piece it amplifies perturbations "
+            f"{ref.small_delta_sensitivity / delta:.3g}-fold. Use a smooth activation (GELU, "
+            "softplus) if the meta-objective must be smooth."
+        )
+    sound = smooth_sensitivity <= max_sensitivity and all(e <= max_error for e in errors.values())
     return CheckReport(
         rel_error_vs_float64=errors,
         sensitivity=sensitivity,
@@ -205,6 +239,8 @@ def check_meta_gradient(
         amplification=amplification,
         verdict="sound" if sound else "ill-conditioned",
         causes=causes,
+        notes=notes,
+        small_delta_sensitivity=ref.small_delta_sensitivity,
         dominant=dominant,
         trajectory=traj,
         reference={"mode": reference_mode, "dtype": ref.dtype, "device": "cpu"},
@@ -223,6 +259,10 @@ class Reference(NamedTuple):
       direction: that direction ξ (structured like ``args[perturb]``).
       args: the arguments cast to float64 (on the CPU).
       dtype: the dtypes of ``grad`` (``"float64"`` unless the function forces another).
+      small_delta_sensitivity: when ``sensitivity`` exceeded ``confirm_above``: the change for a
+        perturbation ``delta / 100`` along the same direction, times 100 (equal to
+        ``sensitivity`` when the response is linear, much smaller when ``sensitivity`` came from
+        a jump, e.g. a ReLU kink crossed); else ``nan``.
     """
 
     grad: Any
@@ -231,6 +271,7 @@ class Reference(NamedTuple):
     direction: Any
     args: tuple[Any, ...]
     dtype: str
+    small_delta_sensitivity: float
 
 
 def float64_reference(
@@ -242,30 +283,42 @@ def float64_reference(
     delta: float = DEFAULT_DELTA,
     directions: int = 2,
     seed: int = 0,
+    confirm_above: float | None = None,
 ) -> Reference:
     """The float64 meta-gradient on the CPU, and its sensitivity to a relative ``delta``
     perturbation ``x · (1 + delta · ξ)`` of ``args[perturb]`` (ξ standard normal; the largest
-    change over ``directions`` draws). Arguments are as for ``check_meta_gradient``."""
+    change over ``directions`` draws). Arguments are as for ``check_meta_gradient``; with
+    ``confirm_above``, a sensitivity above it is re-measured at ``delta / 100`` (see
+    ``Reference.small_delta_sensitivity``)."""
     cpu = jax.devices("cpu")[0]
     with jax.enable_x64(True), jax.default_device(cpu):
         args64 = tuple(jax.device_put(_cast(tuple(args), jnp.float64), cpu))
         fn64 = jax.jit(make(reference_mode))
         ref = _grad_of(fn64(*args64))
         rng = np.random.default_rng(seed)
+
+        def change_along(xi: Any, step: float) -> Any:
+            moved = list(args64)
+            moved[perturb] = jax.tree.map(
+                lambda x, e: x * (1 + step * e) if _is_float(x) else x, args64[perturb], xi
+            )
+            return jax.tree.map(lambda a, b: a - b, _grad_of(fn64(*moved)), ref)
+
+        def size(change: Any) -> float:
+            return relative_error(jax.tree.map(lambda c, r: c + r, change, ref), ref)
+
         best = None
         for _ in range(directions):
             xi = jax.tree.map(lambda x: rng.standard_normal(np.shape(x)), args64[perturb])
-            moved = list(args64)
-            moved[perturb] = jax.tree.map(
-                lambda x, e: x * (1 + delta * e) if _is_float(x) else x, args64[perturb], xi
-            )
-            change = jax.tree.map(lambda a, b: a - b, _grad_of(fn64(*moved)), ref)
-            size = relative_error(jax.tree.map(lambda c, r: c + r, change, ref), ref)
-            if best is None or size > best[0]:
-                best = (size, change, xi)
-    assert best is not None
+            change = change_along(xi, delta)
+            if best is None or size(change) > best[0]:
+                best = (size(change), change, xi)
+        assert best is not None
+        small = float("nan")
+        if confirm_above is not None and best[0] > confirm_above:
+            small = 100 * size(change_along(best[2], delta / 100))
     dtypes = ",".join(sorted({str(x.dtype) for x in jax.tree.leaves(ref)}))
-    return Reference(ref, best[0], best[1], best[2], args64, dtypes)
+    return Reference(ref, best[0], best[1], best[2], args64, dtypes, small)
 
 
 def check(

@@ -2,7 +2,7 @@
 reference, with ε outside Adam's root (optax's default) and inside it (metagrad's default).
 
 Shows the two things `docs/numerics.md` states:
-* in float64 the three modes compute the same meta-gradient (they differ by rounding, ~1e-13);
+* in float64 the three modes compute the same meta-gradient (they differ by rounding, ~1e-15);
 * in float32 they agree with the reference to the level that the conditioning allows: about the
   sensitivity's amplification × float32 rounding when ε is inside the root, and not at all when
   it is outside.

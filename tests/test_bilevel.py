@@ -1,5 +1,7 @@
 """Bilevel meta-gradients in every mode equal a plain reverse-over-reverse reference (float64)."""
 
+import dataclasses
+
 import equinox as eqx
 import flax.linen as nn
 import jax
@@ -353,3 +355,91 @@ def test_mismatched_pytrees():
         ValueError, match="learning_rates must have the structure of the parameters"
     ):
         problem.value_and_grad({"a": jnp.ones(2)}, params=params, inner_batch=0.0, outer_batch=0.0)
+
+
+def _weights_problem(**kw):
+    return Bilevel(
+        inner_loss=lambda p, w, b: jnp.mean(w * per_example(p, b)),
+        outer_loss=lambda p, w, b: jnp.mean(per_example(p, b)),
+        inner_optimizer=optax.adam(0.05, eps_root=metagrad.EPS_ROOT),
+        steps=STEPS,
+        **kw,
+    )
+
+
+def test_windows_continue_from_the_returned_state_like_one_long_loop(x64):
+    """Two windows of T steps, the second from the first's parameters and Adam state (returned by
+    value_and_grad(return_inner=True)), end where one loop of 2T steps ends."""
+    sizes = (2, 4, 1)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), mlp_init(jax.random.PRNGKey(0), sizes))
+    batches, val = _data(jax.random.PRNGKey(1), sizes, steps=2 * STEPS)
+    batches = jax.tree.map(lambda x: x.astype(jnp.float64), batches)
+    val = jax.tree.map(lambda x: x.astype(jnp.float64), val)
+    w = jnp.linspace(0.5, 1.5, 5)
+    first = jax.tree.map(lambda x: x[:STEPS], batches)
+    second = jax.tree.map(lambda x: x[STEPS:], batches)
+    problem = _weights_problem()
+    _, _, inner = problem.value_and_grad(
+        w, params=params, inner_batches=first, outer_batch=val, return_inner=True
+    )
+    value, grad, inner2 = problem.value_and_grad(
+        w,
+        params=inner.params,
+        opt_state=inner.opt_state,
+        inner_batches=second,
+        outer_batch=val,
+        return_inner=True,
+    )
+    long = dataclasses.replace(problem, steps=2 * STEPS).adapt(
+        w, params=params, inner_batches=batches
+    )
+    assert _rel_err(inner2.params, long.params) < 1e-12
+    assert _rel_err(inner2.opt_state, long.opt_state) < 1e-12
+    # The truncated meta-gradient treats the window's start as constant: same as reverse mode.
+    ref = dataclasses.replace(problem, mode="reverse").value_and_grad(
+        w, params=inner.params, opt_state=inner.opt_state, inner_batches=second, outer_batch=val
+    )
+    assert float(value) == pytest.approx(float(ref[0]), rel=1e-12)
+    assert _rel_err(grad, ref[1]) < 1e-10
+
+
+def test_auto_mode_with_a_budget_is_exact(x64):
+    sizes = (2, 4, 1)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), mlp_init(jax.random.PRNGKey(0), sizes))
+    batches, val = _data(jax.random.PRNGKey(1), sizes)
+    batches = jax.tree.map(lambda x: x.astype(jnp.float64), batches)
+    val = jax.tree.map(lambda x: x.astype(jnp.float64), val)
+    w = jnp.linspace(0.5, 1.5, 5)
+    data = {"params": params, "inner_batches": batches, "outer_batch": val}
+    auto = _weights_problem(mode="auto", memory_budget=2**30).value_and_grad(w, **data)
+    ref = _weights_problem(mode="reverse").value_and_grad(w, **data)
+    assert _rel_err(auto[1], ref[1]) < 1e-10
+
+
+def test_mode_and_budget_errors():
+    with pytest.raises(ValueError, match="memory_budget is used by mode='auto' only"):
+        _weights_problem(memory_budget=2**20)
+    with pytest.raises(ValueError, match="mode='auto' chooses the schedule too"):
+        _weights_problem(mode="auto", schedule="sqrt")
+    with pytest.raises(ValueError, match="memory_budget must be a positive int"):
+        _weights_problem(mode="auto", memory_budget=0.5)
+
+
+def test_meta_train_step_takes_any_objective(x64):
+    """One builder: a function objective with aux, and the meta-gradient returned on request."""
+    opt = optax.sgd(0.1)
+
+    def objective(m, *, x):
+        return jnp.sum((m - x) ** 2), {"x_mean": jnp.mean(x)}
+
+    step = metagrad.meta_train_step(objective, opt, has_aux=True, return_grad=True)
+    m = jnp.ones(3)
+    new, _, value, aux, grad = step(m, opt.init(m), x=jnp.zeros(3))
+    assert float(value) == 3.0 and float(aux["x_mean"]) == 0.0
+    assert jnp.allclose(grad, 2 * m) and jnp.allclose(new, m - 0.1 * 2 * m)
+    with pytest.raises(ValueError, match="return_inner is for a Bilevel"):
+        metagrad.meta_train_step(objective, opt, return_inner=True)
+    with pytest.raises(ValueError, match="has_aux is for objective functions"):
+        metagrad.meta_train_step(_weights_problem(), opt, has_aux=True)
+    with pytest.raises(TypeError, match="objective must be a metagrad.Bilevel or a function"):
+        metagrad.meta_train_step(3, opt)

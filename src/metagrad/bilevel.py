@@ -67,7 +67,12 @@ class Bilevel:
       steps: number of inner steps T.
       init_params: ``meta -> params``, when the initial parameters are meta-parameters (MAML).
         Leave ``None`` and pass ``params=`` to the methods when they are not.
-      mode: differentiation strategy: ``"mixflow"`` (default), ``"remat"`` or ``"reverse"``.
+      mode: differentiation strategy: ``"mixflow"`` (default), ``"remat"``, ``"reverse"``, or
+        ``"auto"`` (the fastest mode × schedule whose compiled memory fits ``memory_budget``,
+        chosen per unrolled segment by ``metagrad.unroll``).
+      schedule: trajectory checkpoint schedule of the inner loop (see ``metagrad.unroll``); not
+        with ``mode="auto"``, which chooses it.
+      memory_budget: bytes for ``mode="auto"`` (``None``: no limit).
       update_masks: optional static update pattern: a sequence of ``steps`` masks, one per inner
         step, each a prefix pytree of the parameters with Python ``bool`` leaves (for a list of
         layer dicts: one bool per layer). ``True`` means "update this part at this step". Within a
@@ -102,6 +107,7 @@ class Bilevel:
     schedule: Schedule = None
     update_masks: Sequence[Any] | None = None
     first_order: bool = False
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("inner_loss", "outer_loss"):
@@ -125,7 +131,29 @@ class Bilevel:
                 "Bilevel: init_params must be a function meta -> params (or None); got "
                 f"{type(self.init_params).__name__}."
             )
-        validate_mode(self.mode, "Bilevel: mode")
+        if self.mode == "auto":
+            if self.schedule is not None:
+                raise ValueError(
+                    "Bilevel: mode='auto' chooses the schedule too; leave schedule=None, or pick "
+                    f"a mode yourself to use schedule={self.schedule!r}."
+                )
+        else:
+            validate_mode(self.mode, "Bilevel: mode")
+            if self.memory_budget is not None:
+                raise ValueError(
+                    f"Bilevel: memory_budget is used by mode='auto' only; got mode={self.mode!r} "
+                    f"and memory_budget={self.memory_budget!r}. Set mode='auto', or drop "
+                    "memory_budget."
+                )
+        if self.memory_budget is not None and not (
+            isinstance(self.memory_budget, int)
+            and not isinstance(self.memory_budget, bool)
+            and self.memory_budget > 0
+        ):
+            raise ValueError(
+                "Bilevel: memory_budget must be a positive int (bytes) or None; got "
+                f"{self.memory_budget!r}."
+            )
         segment_lengths(self.schedule, self.steps)  # validates the schedule early
         if not isinstance(self.first_order, bool):
             raise TypeError(f"Bilevel: first_order must be a bool; got {self.first_order!r}.")
@@ -161,6 +189,7 @@ class Bilevel:
         params: Params | None = None,
         inner_batches: Batch | None = None,
         inner_batch: Batch | None = None,
+        opt_state: Any = None,
     ) -> InnerResult:
         """Runs the T inner steps.
 
@@ -170,6 +199,8 @@ class Bilevel:
           inner_batches: one batch per step, stacked along a leading axis of size ``steps``.
           inner_batch: a single batch used at every step (e.g. a few-shot support set).
             Give exactly one of ``inner_batches`` and ``inner_batch``.
+          opt_state: the inner optimiser's initial state, e.g. the state a previous window left
+            (online meta-learning through truncated unrolls). Default: ``optimizer.init(params)``.
 
         Returns:
           An ``InnerResult`` with the adapted parameters, the optimiser state and the inner losses.
@@ -177,7 +208,7 @@ class Bilevel:
         params0 = self._initial_params(meta, params)
         opt = self.optimizer(meta)
         xs, fixed = self._step_data(inner_batches, inner_batch)
-        carry = (params0, opt.init(params0))
+        carry = (params0, opt.init(params0) if opt_state is None else opt_state)
         if self.update_masks is None:
             segments = [(None, 0, self.steps)]
         else:
@@ -187,7 +218,13 @@ class Bilevel:
             seg_xs = None if xs is None else jax.tree.map(lambda b, i=start, j=stop: b[i:j], xs)
             step = self._inner_step(meta, opt, fixed, active)
             carry, seg_losses = unroll(
-                step, carry, seg_xs, mode=self.mode, length=stop - start, schedule=self.schedule
+                step,
+                carry,
+                seg_xs,
+                mode=self.mode,
+                length=stop - start,
+                schedule=self.schedule,
+                memory_budget=self.memory_budget,
             )
             losses.append(seg_losses)
         params_t, opt_state = carry
@@ -264,22 +301,14 @@ class Bilevel:
         params: Params | None = None,
         inner_batches: Batch | None = None,
         inner_batch: Batch | None = None,
+        opt_state: Any = None,
     ) -> jax.Array:
         """The outer objective V(θ_T(meta), meta, outer_batch), differentiable in ``meta``.
 
         Compose it freely, e.g. average it over a meta-batch of tasks with ``jax.lax.map`` and
         differentiate the average with ``jax.grad``. Arguments are as in ``adapt``.
         """
-        result = self.adapt(
-            meta, params=params, inner_batches=inner_batches, inner_batch=inner_batch
-        )
-        value = self.outer_loss(result.params, meta, outer_batch)
-        if jnp.shape(value) != ():
-            raise TypeError(
-                f"Bilevel: outer_loss must return a scalar; got shape {jnp.shape(value)}. "
-                "Reduce it, e.g. with jnp.mean."
-            )
-        return value
+        return self._outer(meta, outer_batch, params, inner_batches, inner_batch, opt_state)[0]
 
     def value_and_grad(
         self,
@@ -289,22 +318,51 @@ class Bilevel:
         params: Params | None = None,
         inner_batches: Batch | None = None,
         inner_batch: Batch | None = None,
-    ) -> tuple[jax.Array, Meta]:
+        opt_state: Any = None,
+        return_inner: bool = False,
+    ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]:
         """The outer value and its exact meta-gradient ``dV/dmeta``.
 
+        Args:
+          meta, outer_batch, params, inner_batches, inner_batch, opt_state: as in ``adapt`` and
+            ``outer_value``.
+          return_inner: also return the ``InnerResult`` of the inner loop (adapted parameters,
+            optimiser state, inner losses), e.g. to continue training from it.
+
         Returns:
-          ``(value, meta_grad)``. ``meta_grad`` has the structure of ``meta``.
+          ``(value, meta_grad)``, or ``(value, meta_grad, inner_result)`` with ``return_inner``.
+          ``meta_grad`` has the structure of ``meta``.
         """
         _check_float_meta(meta)
-        return jax.value_and_grad(
-            lambda m: self.outer_value(
-                m,
-                outer_batch=outer_batch,
-                params=params,
-                inner_batches=inner_batches,
-                inner_batch=inner_batch,
-            )
+        (value, inner), meta_grad = jax.value_and_grad(
+            lambda m: self._outer(m, outer_batch, params, inner_batches, inner_batch, opt_state),
+            has_aux=True,
         )(meta)
+        return (value, meta_grad, inner) if return_inner else (value, meta_grad)
+
+    def _outer(
+        self,
+        meta: Meta,
+        outer_batch: Batch,
+        params: Params | None,
+        inner_batches: Batch | None,
+        inner_batch: Batch | None,
+        opt_state: Any,
+    ) -> tuple[jax.Array, InnerResult]:
+        result = self.adapt(
+            meta,
+            params=params,
+            inner_batches=inner_batches,
+            inner_batch=inner_batch,
+            opt_state=opt_state,
+        )
+        value = self.outer_loss(result.params, meta, outer_batch)
+        if jnp.shape(value) != ():
+            raise TypeError(
+                f"Bilevel: outer_loss must return a scalar; got shape {jnp.shape(value)}. "
+                "Reduce it, e.g. with jnp.mean."
+            )
+        return value, result
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -340,25 +398,71 @@ class Bilevel:
 
 
 def meta_train_step(
-    problem: Bilevel, outer_optimizer: optax.GradientTransformation
-) -> Callable[..., tuple[Meta, Any, jax.Array]]:
-    """A jitted meta-training step: meta-gradient, then an update with ``outer_optimizer``.
+    objective: Bilevel | Callable[..., Any],
+    outer_optimizer: optax.GradientTransformation,
+    *,
+    has_aux: bool = False,
+    return_inner: bool = False,
+    return_grad: bool = False,
+) -> Callable[..., tuple[Any, ...]]:
+    """The one jitted meta-training step: meta-gradient, then an update with ``outer_optimizer``.
+
+    Every meta-learner in metagrad (few-shot, online data weighting and learning rates, the
+    sharded steps of ``metagrad.distributed``) is this step around some objective.
 
     Args:
-      problem: the bilevel problem.
+      objective: a ``Bilevel`` problem, or any function ``objective(meta, **data) -> value``
+        (``-> (value, aux)`` with ``has_aux``), e.g. a meta-batch average of
+        ``Bilevel.outer_value`` over tasks.
       outer_optimizer: an optax transformation for the meta-parameters.
+      has_aux: ``objective`` (a function) returns ``(value, aux)``.
+      return_inner: for a ``Bilevel``: also return its ``InnerResult`` (adapted parameters and
+        optimiser state) as the auxiliary output, e.g. to continue training from it.
+      return_grad: also return the meta-gradient (last), e.g. to log its norm.
 
     Returns:
-      ``step(meta, outer_state, **data) -> (meta, outer_state, outer_value)``, jitted. ``data`` are
-      the keyword arguments of ``Bilevel.value_and_grad`` (``outer_batch``, ``inner_batches`` or
-      ``inner_batch``, ``params``). Initialise ``outer_state`` with ``outer_optimizer.init(meta)``.
+      ``step(meta, outer_state, **data) -> (meta, outer_state, value)``, or
+      ``(meta, outer_state, value, aux)`` with ``has_aux`` / ``return_inner``, with the
+      meta-gradient appended when ``return_grad``; jitted. For a
+      ``Bilevel``, ``data`` are the keyword arguments of ``Bilevel.value_and_grad``
+      (``outer_batch``, ``inner_batches`` or ``inner_batch``, ``params``, ``opt_state``).
+      Initialise ``outer_state`` with ``outer_optimizer.init(meta)``.
     """
+    if isinstance(objective, Bilevel):
+        if has_aux:
+            raise ValueError(
+                "meta_train_step: has_aux is for objective functions; a Bilevel returns its "
+                "inner result with return_inner=True."
+            )
+
+        def value_and_grad(meta: Meta, **data: Any) -> tuple[Any, Meta]:
+            if not return_inner:
+                return objective.value_and_grad(meta, **data)
+            value, grad, inner = objective.value_and_grad(meta, **data, return_inner=True)
+            return (value, inner), grad
+
+        with_aux = return_inner
+    elif callable(objective):
+        if return_inner:
+            raise ValueError(
+                "meta_train_step: return_inner is for a Bilevel objective; return the inner "
+                "result as aux (has_aux=True) from your function instead."
+            )
+        value_and_grad = jax.value_and_grad(objective, has_aux=has_aux)
+        with_aux = has_aux
+    else:
+        raise TypeError(
+            "meta_train_step: objective must be a metagrad.Bilevel or a function "
+            f"objective(meta, **data) -> value; got {type(objective).__name__}."
+        )
 
     @jax.jit
-    def step(meta: Meta, outer_state: Any, **data: Any) -> tuple[Meta, Any, jax.Array]:
-        value, meta_grad = problem.value_and_grad(meta, **data)
+    def step(meta: Meta, outer_state: Any, **data: Any) -> tuple[Any, ...]:
+        out, meta_grad = value_and_grad(meta, **data)
         updates, outer_state = outer_optimizer.update(meta_grad, outer_state, meta)
-        return optax.apply_updates(meta, updates), outer_state, value
+        new_meta = optax.apply_updates(meta, updates)
+        head = (new_meta, outer_state, *out) if with_aux else (new_meta, outer_state, out)
+        return (*head, meta_grad) if return_grad else head
 
     return step
 

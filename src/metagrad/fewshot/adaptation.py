@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metagrad.bilevel import Bilevel
+from metagrad.bilevel import Bilevel, meta_train_step
 from metagrad.fewshot.algorithms import Algorithm
 from metagrad.fewshot.network import Model, apply_layers, n_layers, task_losses
 from metagrad.fewshot.patterns import Pattern
@@ -204,18 +204,18 @@ def make_meta_step(
 
     Returns:
       ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy"})`` (means over
-      the meta-batch), jitted.
+      the meta-batch): ``metagrad.meta_train_step`` of the meta-batch loss, jitted.
     """
 
-    @jax.jit
+    def objective(meta: Meta, *, tasks: Task) -> tuple[Array, dict[str, Array]]:
+        loss, per_task = meta_batch_loss(model, algorithm, meta, tasks, pattern=pattern, kind=kind)
+        return loss, {"accuracy": jnp.mean(per_task["accuracy"])}
+
+    train = meta_train_step(objective, outer_optimizer, has_aux=True)
+
     def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Array]]:
-        (loss, per_task), grads = jax.value_and_grad(
-            lambda m: meta_batch_loss(model, algorithm, m, tasks, pattern=pattern, kind=kind),
-            has_aux=True,
-        )(meta)
-        updates, opt_state = outer_optimizer.update(grads, opt_state, meta)
-        metrics = {"loss": loss, "accuracy": jnp.mean(per_task["accuracy"])}
-        return optax.apply_updates(meta, updates), opt_state, metrics
+        meta, opt_state, loss, metrics = train(meta, opt_state, tasks=tasks)
+        return meta, opt_state, {"loss": loss, **metrics}
 
     return step
 

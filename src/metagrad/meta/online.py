@@ -37,8 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from metagrad.autodiff import validate_mode
-from metagrad.autodiff import value_and_grad as inner_value_and_grad
-from metagrad.unroll import unroll
+from metagrad.bilevel import Bilevel, meta_train_step
 
 Params = Any
 Meta = Any
@@ -65,24 +64,18 @@ class WindowResult(NamedTuple):
     inner_losses: jax.Array
 
 
-def inner_training(
-    inner_loss: Loss, optimizer_of: OptimizerOf, meta: Meta
-) -> Callable[[tuple[Params, Any], Batch], tuple[tuple[Params, Any], jax.Array]]:
-    """One inner step ``(params, opt_state), batch -> (params', opt_state'), loss``.
-
-    The inner gradient is ``metagrad.value_and_grad``, so ``metagrad.unroll``'s mode decides how
-    the meta-gradient through it is computed.
-    """
-    opt = optimizer_of(meta)
-    loss_and_grad = inner_value_and_grad(inner_loss)
-
-    def step(carry: tuple[Params, Any], batch: Batch) -> tuple[tuple[Params, Any], jax.Array]:
-        params, state = carry
-        loss, g = loss_and_grad(params, meta, batch)
-        updates, state = opt.update(g, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-
-    return step
+def window_problem(
+    inner_loss: Loss, outer_loss: Loss, optimizer_of: OptimizerOf, steps: int, mode: str
+) -> Bilevel:
+    """One truncated window as a ``metagrad.Bilevel``: ``steps`` inner steps from given
+    parameters and optimiser state (``Bilevel.adapt(..., params=, opt_state=)``)."""
+    return Bilevel(
+        inner_loss=inner_loss,
+        outer_loss=outer_loss,
+        inner_optimizer=optimizer_of,
+        steps=steps,
+        mode=mode,
+    )
 
 
 def window_value_and_grad(
@@ -104,26 +97,19 @@ def window_value_and_grad(
     """
     validate_mode(mode, "mode")
 
-    def outer(meta: Meta, params: Params, state: Any, batches: Batch, outer_batch: Batch) -> Any:
-        step = inner_training(inner_loss, optimizer_of, meta)
-        (params_t, state_t), losses = unroll(step, (params, state), batches, mode=mode)
-        value = outer_loss(params_t, meta, outer_batch)
-        if jnp.shape(value) != ():
-            raise TypeError(
-                f"outer_loss must return a scalar; got shape {jnp.shape(value)}. Reduce it, e.g. "
-                "with jnp.mean."
-            )
-        return value, (params_t, state_t, losses)
-
-    value_and_meta_grad = jax.value_and_grad(outer, has_aux=True)
-
     def fn(
         meta: Meta, params: Params, state: Any, batches: Batch, outer_batch: Batch
     ) -> WindowResult:
-        (value, (params_t, state_t, losses)), g = value_and_meta_grad(
-            meta, params, state, batches, outer_batch
+        problem = window_problem(inner_loss, outer_loss, optimizer_of, _steps(batches), mode)
+        value, meta_grad, inner = problem.value_and_grad(
+            meta,
+            params=params,
+            opt_state=state,
+            inner_batches=batches,
+            outer_batch=outer_batch,
+            return_inner=True,
         )
-        return WindowResult(value, g, params_t, state_t, losses)
+        return WindowResult(value, meta_grad, inner.params, inner.opt_state, inner.losses)
 
     return fn
 
@@ -149,7 +135,8 @@ def online_meta_step(
     *,
     mode: str = "mixflow",
 ) -> Callable[..., tuple[Meta, Any, WindowResult]]:
-    """A jitted online meta-step: one truncated window, then a meta-update.
+    """A jitted online meta-step: one truncated window, then a meta-update
+    (``metagrad.meta_train_step`` of the window's ``Bilevel``).
 
     Args:
       inner_loss, outer_loss, optimizer_of, mode: as in :func:`window_value_and_grad`.
@@ -159,9 +146,9 @@ def online_meta_step(
       ``step(meta, meta_state, params, inner_state, batches, outer_batch) -> (meta', meta_state',
       window)``; continue training from ``window.params`` and ``window.inner_state``.
     """
-    window = window_value_and_grad(inner_loss, outer_loss, optimizer_of, mode=mode)
+    validate_mode(mode, "mode")
+    steps_of: dict[int, Callable[..., tuple[Any, ...]]] = {}
 
-    @jax.jit
     def step(
         meta: Meta,
         meta_state: Any,
@@ -170,9 +157,22 @@ def online_meta_step(
         batches: Batch,
         outer_batch: Batch,
     ) -> tuple[Meta, Any, WindowResult]:
-        result = window(meta, params, inner_state, batches, outer_batch)
-        updates, meta_state = meta_optimizer.update(result.meta_grad, meta_state, meta)
-        return optax.apply_updates(meta, updates), meta_state, result
+        steps = _steps(batches)
+        if steps not in steps_of:
+            problem = window_problem(inner_loss, outer_loss, optimizer_of, steps, mode)
+            steps_of[steps] = meta_train_step(
+                problem, meta_optimizer, return_inner=True, return_grad=True
+            )
+        meta, meta_state, value, inner, meta_grad = steps_of[steps](
+            meta,
+            meta_state,
+            params=params,
+            opt_state=inner_state,
+            inner_batches=batches,
+            outer_batch=outer_batch,
+        )
+        window = WindowResult(value, meta_grad, inner.params, inner.opt_state, inner.losses)
+        return meta, meta_state, window
 
     return step
 
@@ -180,7 +180,8 @@ def online_meta_step(
 def training_window(
     inner_loss: Loss, optimizer_of: OptimizerOf
 ) -> Callable[..., tuple[Params, Any, jax.Array]]:
-    """A jitted window of T plain training steps (no meta-gradient): the baselines' step.
+    """A jitted window of T plain training steps (no meta-gradient): the baselines' step. It is
+    ``Bilevel.adapt`` of the same window, so baselines and meta-learners train the same way.
 
     Returns:
       ``fn(meta, params, inner_state, batches) -> (params', inner_state', losses (T,))``;
@@ -189,15 +190,15 @@ def training_window(
 
     @jax.jit
     def fn(meta: Meta, params: Params, state: Any, batches: Batch) -> tuple[Params, Any, Any]:
-        opt = optimizer_of(meta)
-
-        def step(carry: tuple[Params, Any], batch: Batch) -> tuple[tuple[Params, Any], Any]:
-            p, s = carry
-            loss, g = jax.value_and_grad(inner_loss)(p, meta, batch)
-            updates, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), loss
-
-        (params, state), losses = jax.lax.scan(step, (params, state), batches)
-        return params, state, losses
+        problem = window_problem(inner_loss, inner_loss, optimizer_of, _steps(batches), "reverse")
+        inner = problem.adapt(meta, params=params, opt_state=state, inner_batches=batches)
+        return inner.params, inner.opt_state, inner.losses
 
     return fn
+
+
+def _steps(batches: Batch) -> int:
+    leaves = jax.tree.leaves(batches)
+    if not leaves:
+        raise ValueError("online window: batches is empty; stack one batch per inner step.")
+    return int(jnp.shape(leaves[0])[0])

@@ -6,6 +6,7 @@ Public API (re-exports only):
   adapt_task, make_meta_step, make_adapt_fn the adaptation routine and jitted steps
   adaptation_flops, adaptation_time         what a pattern costs (XLA FLOPs, wall-clock)
   apply_layers, split_apply                 layer-by-layer forward passes (feature caching)
+  Layered, LayerStack                       the layer protocol; any network as a stack of layers
 """
 
 from metagrad.fewshot.adaptation import (
@@ -17,7 +18,7 @@ from metagrad.fewshot.adaptation import (
 )
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.measure import adaptation_flops, adaptation_time
-from metagrad.fewshot.network import apply_layers, n_layers, split_apply
+from metagrad.fewshot.network import Layered, LayerStack, apply_layers, n_layers, split_apply
 from metagrad.fewshot.patterns import Pattern, all_patterns, structured_family
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "adaptation_flops",
     "adaptation_time",
     "all_patterns",
+    "LayerStack",
+    "Layered",
     "apply_layers",
     "make_adapt_fn",
     "make_algorithm",

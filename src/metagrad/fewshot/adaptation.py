@@ -96,7 +96,8 @@ def adapt_task(
     """Adapts to one task's support set and evaluates its query set (differentiable in ``meta``).
 
     Args:
-      model: a ``Conv4`` or ``MLP`` (list-of-layers parameters).
+      model: a model with ``layer_functions()`` (``Conv4``, ``MLP``, or a ``LayerStack`` around
+        an Equinox, Flax or plain-function network), parameters one pytree per layer.
       algorithm: the MAML-family configuration (learning rates, first order, mode, ...).
       meta: meta-parameters from ``algorithm.init_meta(params)``.
       task: ``(support_x, support_y, query_x, query_y)`` of one task.

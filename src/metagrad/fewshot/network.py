@@ -1,62 +1,88 @@
-"""Layer-by-layer forward passes of the list-of-layers models, so a frozen prefix can be cached.
+"""The layer protocol of the few-shot layer: a model is the list of its layers' functions.
 
-``Conv4`` and ``MLP`` keep their parameters as a list of layer dicts in forward order, and their
-``apply`` runs all layers at once. Lambda patterns need the forward pass split at a layer: the
-prefix of layers that no inner step updates is computed once per task (feature caching, as in
-ANIL), and only the suffix runs inside the inner loop. ``apply_layers`` reproduces the models'
-``apply`` exactly, layer by layer (tests compare them); it builds on the same ``models.layers``
-primitives, so a change of conv implementation applies to both.
+Lambda patterns need the forward pass split at a layer: the prefix of layers that no inner step
+updates is computed once per task (feature caching, as in ANIL), and only the suffix runs inside
+the inner loop. So the few-shot layer asks one thing of a model: ``model.layer_functions()``, one
+function ``(layer_params, h) -> h`` per entry of its parameter list (a list with one pytree per
+layer, in forward order). ``metagrad.models.Conv4`` and ``MLP`` have it; any other model, e.g. an
+Equinox or Flax network, is wrapped in a :class:`LayerStack` of its layers' functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
-from metagrad.models import MLP, Conv4, layers
-from metagrad.models.mlp import ACTIVATIONS
-
 Array = jax.Array
-Model = Conv4 | MLP
-LayerFn = Callable[[dict[str, Array], Array], Array]
+LayerFn = Callable[[Any, Array], Array]
+
+
+@runtime_checkable
+class Layered(Protocol):
+    """What the few-shot layer needs of a model: its layers as functions."""
+
+    def layer_functions(self) -> Sequence[LayerFn]:
+        """One function ``(layer_params, h) -> h`` per entry of the parameter list."""
+        ...
+
+
+Model = Layered
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStack:
+    """Any network as the few-shot layer sees it: the functions of its layers, in forward order.
+
+    Its parameters are a list with one pytree per layer (``params[l]`` goes to
+    ``functions[l]``). Hashable, so it can be a static argument of ``jax.jit``.
+
+    Example (Equinox: split each layer into its arrays and the rest)::
+
+        convs = [eqx.nn.Conv2d(1, 8, 3, key=k1), eqx.nn.Conv2d(8, 8, 3, key=k2)]
+        parts = [eqx.partition(layer, eqx.is_array) for layer in convs]
+        params = [p for p, _ in parts]
+        model = LayerStack(tuple(
+            (lambda p, h, s=static: jax.vmap(eqx.combine(p, s))(h)) for _, static in parts
+        ))
+
+    Attributes:
+      functions: one function ``(layer_params, h) -> h`` per layer.
+    """
+
+    functions: tuple[LayerFn, ...]
+
+    def __post_init__(self) -> None:
+        if not self.functions or not all(callable(f) for f in self.functions):
+            raise TypeError(
+                "LayerStack: functions must be a non-empty tuple of callables "
+                "(layer_params, h) -> h, one per layer."
+            )
+        object.__setattr__(self, "functions", tuple(self.functions))
+
+    def layer_functions(self) -> list[LayerFn]:
+        """The layers' functions."""
+        return list(self.functions)
+
+
+def layer_functions(model: Model) -> list[LayerFn]:
+    """One function ``(layer_params, h) -> h`` per layer; composing them is the forward pass."""
+    if not isinstance(model, Layered):
+        raise TypeError(
+            "model must expose its layers: a method layer_functions() returning one function "
+            "(layer_params, h) -> h per entry of its parameter list (metagrad.models.Conv4 and "
+            f"MLP have it); got {type(model).__name__}. Wrap other networks (Equinox, Flax, "
+            "plain functions) in metagrad.fewshot.LayerStack(functions)."
+        )
+    return list(model.layer_functions())
 
 
 def n_layers(model: Model) -> int:
     """Number of entries in the model's parameter list (the columns of a Lambda pattern)."""
-    if isinstance(model, Conv4):
-        return model.n_blocks + 1
-    if isinstance(model, MLP):
-        return model.n_layers
-    raise TypeError(
-        f"model must be a metagrad.models.Conv4 or MLP (a list-of-layers model); got "
-        f"{type(model).__name__}."
-    )
-
-
-def layer_functions(model: Model) -> list[LayerFn]:
-    """One function ``(layer_params, h) -> h`` per layer; composing them is ``model.apply``."""
-    if isinstance(model, Conv4):
-        impl = layers.resolve_conv_impl(model.conv_impl)
-
-        def block(p: dict[str, Array], x: Array) -> Array:
-            h = layers.batch_norm(p, layers.conv2d(p, x, impl), (0, 1, 2))
-            return jax.nn.relu(layers.max_pool_2x2(h))
-
-        def head(p: dict[str, Array], x: Array) -> Array:
-            return layers.dense(p, x.reshape(x.shape[0], -1))
-
-        return [block] * model.n_blocks + [head]
-    if isinstance(model, MLP):
-        act = ACTIVATIONS[model.activation]
-
-        def hidden(p: dict[str, Array], x: Array) -> Array:
-            return act(layers.dense(p, x))
-
-        return [hidden] * (model.n_layers - 1) + [layers.dense]
-    n_layers(model)  # raises the TypeError
-    raise AssertionError  # pragma: no cover
+    return len(layer_functions(model))
 
 
 def apply_layers(
@@ -65,7 +91,7 @@ def apply_layers(
     """Runs layers ``start .. start + len(params) - 1`` of ``model`` on ``x``.
 
     Args:
-      model: a ``Conv4`` or ``MLP``.
+      model: a model with ``layer_functions()`` (``Conv4``, ``MLP``, a ``LayerStack``).
       params: the parameters of those layers (a slice of the full parameter list).
       x: the input of layer ``start`` (images for ``start = 0``, cached features otherwise).
       start: index of the first layer to run.
@@ -90,7 +116,7 @@ def split_apply(
     """Splits the forward pass at layer ``at``: cached prefix features and a suffix function.
 
     Args:
-      model: a ``Conv4`` or ``MLP``.
+      model: a model with ``layer_functions()``.
       params: the full parameter list.
       x: the model's input.
       at: the number of leading layers in the prefix (0 .. number of layers).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -109,6 +110,21 @@ class Conv4:
         ]
         params.append({"w": head_w, "b": jnp.zeros((self.n_classes,), dtype)})
         return params
+
+    def layer_functions(self) -> list[Callable[[dict[str, Array], Array], Array]]:
+        """One function ``(layer_params, h) -> h`` per entry of the parameter list; composing them
+        is ``apply``. The few-shot layer splits the forward pass with them (Lambda patterns cache
+        the frozen prefix's features)."""
+        impl = layers.resolve_conv_impl(self.conv_impl)
+
+        def block(p: dict[str, Array], x: Array) -> Array:
+            h = layers.batch_norm(p, layers.conv2d(p, x, impl), _BN_AXES)
+            return jax.nn.relu(layers.max_pool_2x2(h))
+
+        def head(p: dict[str, Array], x: Array) -> Array:
+            return layers.dense(p, x.reshape(x.shape[0], -1))
+
+        return [block] * self.n_blocks + [head]
 
     def apply(
         self, params: list[dict[str, Array]], images: Array, return_features: bool = False

@@ -92,6 +92,15 @@ class MLP:
         ws = layers.scaled_normals(key, specs, dtype)
         return [{"w": w, "b": jnp.zeros(w.shape[1:], dtype)} for w in ws]
 
+    def layer_functions(self) -> list[Callable[[dict[str, Array], Array], Array]]:
+        """One function ``(layer_params, h) -> h`` per layer; composing them is ``apply``."""
+        act = ACTIVATIONS[self.activation]
+
+        def hidden(p: dict[str, Array], x: Array) -> Array:
+            return act(layers.dense(p, x))
+
+        return [hidden] * (self.n_layers - 1) + [layers.dense]
+
     def apply(
         self, params: list[dict[str, Array]], x: Array, return_features: bool = False
     ) -> Array | tuple[Array, list[Array]]:

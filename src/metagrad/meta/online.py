@@ -38,7 +38,7 @@ import optax
 
 from metagrad.autodiff import validate_mode
 from metagrad.autodiff import value_and_grad as inner_value_and_grad
-from metagrad.unroll import unroll
+from metagrad.unrolling import unroll
 
 Params = Any
 Meta = Any

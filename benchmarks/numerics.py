@@ -14,7 +14,6 @@ docs/results/numerics_cpu.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -64,7 +63,13 @@ def main() -> None:
     ]
     print(
         table(
-            ["eps_root", "mode", "float32 vs float64 ref.", "float64 vs float64 ref.", "sensitivity"],
+            [
+                "eps_root",
+                "mode",
+                "float32 vs float64 ref.",
+                "float64 vs float64 ref.",
+                "sensitivity",
+            ],
             lines,
         )
     )

@@ -23,8 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metagrad import Bilevel, distributed
-from metagrad.fewshot import make_algorithm, make_meta_step, meta_batch_loss
+from metagrad import Bilevel, checkpoints, distributed
+from metagrad.fewshot import (
+    make_algorithm,
+    make_meta_step,
+    meta_batch_loss,
+    shard_fewshot_meta_step,
+)
 from metagrad.models import MLP
 
 STEPS = 3  # meta-training steps compared on each mesh
@@ -134,7 +139,7 @@ def phase_meshes(out: Path) -> dict[str, float]:
     ref_meta, ref_state, ref_metrics = run_steps(ref_step, meta0, outer.init(meta0), batches)
     for name, (shape, mode) in MESHES.items():
         mesh = distributed.make_mesh(shape)
-        step = distributed.shard_fewshot_meta_step(net, alg, outer, mesh, params=mode)
+        step = shard_fewshot_meta_step(net, alg, outer, mesh, params=mode)
         value, grad = step.value_and_grad(meta0, batches[0])
         errors[f"fewshot/{name}/value"] = rel_error(value, ref_value)
         errors[f"fewshot/{name}/meta-grad"] = rel_error(grad, ref_grad)
@@ -150,7 +155,7 @@ def phase_meshes(out: Path) -> dict[str, float]:
             assert "model" in tuple(spec), spec
 
     # A meta-batch that the data axis does not divide: a ValueError that says what to do.
-    step = distributed.shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((8, 1)))
+    step = shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((8, 1)))
     try:
         step(meta0, outer.init(meta0), tuple(x[:6] for x in batches[0]))
     except ValueError as err:
@@ -197,11 +202,11 @@ def phase_meshes(out: Path) -> dict[str, float]:
 
     # Checkpoint from the 8-device 2x4 FSDP run after 2 steps; the reference continues here.
     mesh = distributed.make_mesh((2, 4))
-    step = distributed.shard_fewshot_meta_step(net, alg, outer, mesh, params="fsdp")
+    step = shard_fewshot_meta_step(net, alg, outer, mesh, params="fsdp")
     meta, state, _ = run_steps(step, meta0, outer.init(meta0), [tasks(t) for t in range(2)])
-    distributed.save_checkpoint(out / "ckpt.pkl", {"meta": meta, "opt_state": state, "step": 2})
+    checkpoints.save_checkpoint(out / "ckpt.pkl", {"meta": meta, "opt_state": state, "step": 2})
     meta, state, metrics = run_steps(step, meta, state, [tasks(t) for t in range(2, 4)])
-    distributed.save_checkpoint(
+    checkpoints.save_checkpoint(
         out / "final8.pkl", {"meta": meta, "losses": [m["loss"] for m in metrics]}
     )
     errors.update(fewshot_trainer(out / "trainer"))
@@ -253,14 +258,12 @@ def fewshot_trainer(out: Path) -> dict[str, float]:
 def phase_restore(out: Path) -> dict[str, float]:
     assert jax.device_count() == 2, jax.devices()
     net, alg, outer, _, tasks = fewshot_setup()
-    ckpt = distributed.load_checkpoint(out / "ckpt.pkl")
-    final8 = distributed.load_checkpoint(out / "final8.pkl")
+    ckpt = checkpoints.load_checkpoint(out / "ckpt.pkl")
+    final8 = checkpoints.load_checkpoint(out / "final8.pkl")
     errors: dict[str, float] = {}
     candidates = {
-        "2x1-replicate": distributed.shard_fewshot_meta_step(
-            net, alg, outer, distributed.make_mesh((2, 1))
-        ),
-        "1x2-fsdp": distributed.shard_fewshot_meta_step(
+        "2x1-replicate": shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((2, 1))),
+        "1x2-fsdp": shard_fewshot_meta_step(
             net, alg, outer, distributed.make_mesh((1, 2)), params="fsdp"
         ),
         "single-device": make_meta_step(net, alg, outer),
@@ -282,19 +285,17 @@ def phase_multihost(out: Path) -> dict[str, float]:
     assert distributed.initialize(), "JAX_COORDINATOR_ADDRESS etc. are not set"
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
     net, alg, outer, meta0, tasks = fewshot_setup()
-    step = distributed.shard_fewshot_meta_step(
-        net, alg, outer, distributed.make_mesh((2, 2)), params="fsdp"
-    )
+    step = shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((2, 2)), params="fsdp")
     meta, state, metrics = run_steps(step, meta0, outer.init(meta0), [tasks(t) for t in range(2)])
     losses = [float(m["loss"]) for m in metrics]  # replicated: readable on every process
-    distributed.save_checkpoint(out / "multihost.pkl", {"meta": meta, "losses": losses})
+    checkpoints.save_checkpoint(out / "multihost.pkl", {"meta": meta, "losses": losses})
     if jax.process_index() != 0:
         return {}
     # The reference: the unchanged single-device step on this process's first device.
     ref_meta, _, ref_metrics = run_steps(
         make_meta_step(net, alg, outer), meta0, outer.init(meta0), [tasks(t) for t in range(2)]
     )
-    saved = distributed.load_checkpoint(out / "multihost.pkl")
+    saved = checkpoints.load_checkpoint(out / "multihost.pkl")
     return {
         "multihost/2x2-fsdp/meta": rel_error(saved["meta"], ref_meta),
         "multihost/2x2-fsdp/losses": rel_error(losses, [m["loss"] for m in ref_metrics]),

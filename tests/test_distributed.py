@@ -25,8 +25,8 @@ import numpy as np
 import optax
 import pytest
 
-from metagrad import Bilevel, distributed
-from metagrad.cli import main
+from metagrad import Bilevel, checkpoints, distributed
+from metagrad.cli import distributed_args, main
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TOL = 1e-5
@@ -167,12 +167,12 @@ def test_errors_name_the_argument():
 
 def test_command_line_flags():
     parser = argparse.ArgumentParser()
-    distributed.add_arguments(parser)
+    distributed_args.add_arguments(parser)
     args = parser.parse_args(["--mesh", "1x-1", "--params", "fsdp"])
-    assert distributed.mesh_from_args(args).shape == {"data": 1, "model": jax.device_count()}
+    assert distributed_args.mesh_from_args(args).shape == {"data": 1, "model": jax.device_count()}
     assert args.params == "fsdp" and args.process_id is None
     with pytest.raises(ValueError, match="--mesh expects DATAxMODEL"):
-        distributed.mesh_from_args(parser.parse_args(["--mesh", "4"]))
+        distributed_args.mesh_from_args(parser.parse_args(["--mesh", "4"]))
     with pytest.raises(SystemExit, match="--meta-batch 6 must be a multiple of every device"):
         main(["bench", "scale", "--devices", "1,4", "--meta-batch", "6"])
     with pytest.raises(SystemExit, match="--devices must be a positive number"):
@@ -212,8 +212,8 @@ def test_one_device_mesh_matches_meta_train_step_style_step(tmp_path):
     b = sharded(meta, outer.init(meta), **data)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6)
-    distributed.save_checkpoint(tmp_path / "c.pkl", {"meta": b[0]})
-    restored = distributed.load_checkpoint(tmp_path / "c.pkl")
+    checkpoints.save_checkpoint(tmp_path / "c.pkl", {"meta": b[0]})
+    restored = checkpoints.load_checkpoint(tmp_path / "c.pkl")
     assert isinstance(restored["meta"]["p"], np.ndarray)
     np.testing.assert_array_equal(restored["meta"]["p"], b[0]["p"])
     assert distributed.bytes_per_device(b[0]) == 5 * 4

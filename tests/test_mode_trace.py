@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import optax
 
 import metagrad
+from metagrad import plan_unroll
 from metagrad.autodiff import current_mode
 from metagrad.planner import Candidate
-from metagrad.unroll import plan_unroll
 
 
 def _recording_step(seen):

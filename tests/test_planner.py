@@ -6,8 +6,8 @@ import pytest
 
 import metagrad
 from inner_loops import adam_tanh_layer, outer_objective
+from metagrad import plan_unroll
 from metagrad.planner import Candidate, default_candidates, largest_fitting_steps, parse_bytes
-from metagrad.unroll import plan_unroll
 
 
 def _objective(meta, mode, budget=None, steps=32, width=48):

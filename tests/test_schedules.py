@@ -7,7 +7,7 @@ import pytest
 import metagrad
 from inner_loops import adam_tanh_layer, outer_objective
 from metagrad.memory import compiled_cost
-from metagrad.unroll import segment_lengths
+from metagrad.schedules import segment_lengths
 
 
 def _meta_objective(meta, *, mode, schedule, steps, width=4, batch=3):

@@ -3,6 +3,8 @@
 Public API:
   grad, value_and_grad   gradients whose own derivative is computed in mixed mode
   unroll                 ``jax.lax.scan`` with a differentiation-strategy switch
+  plan_unroll            every strategy's compiled memory and time for one loop (what
+                         ``unroll(mode="auto")`` chooses from)
   Bilevel, InnerResult, meta_train_step
                          inner loop + outer objective -> exact meta-gradient
   scale_by_learning_rates
@@ -30,7 +32,7 @@ from metagrad.reversible import (
     reversible_reverse,
 )
 from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
-from metagrad.unroll import unroll
+from metagrad.unrolling import plan_unroll, unroll
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     "compiled_cost",
     "grad",
     "meta_train_step",
+    "plan_unroll",
     "reversible_forward",
     "reversible_momentum_sgd",
     "reversible_reverse",

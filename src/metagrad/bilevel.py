@@ -30,7 +30,8 @@ import numpy as np
 import optax
 
 from metagrad.autodiff import validate_mode, value_and_grad
-from metagrad.unroll import Schedule, segment_lengths, unroll
+from metagrad.schedules import Schedule, segment_lengths
+from metagrad.unrolling import unroll
 
 Params = Any
 Meta = Any

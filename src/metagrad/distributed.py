@@ -1,9 +1,11 @@
 """Scaling out: device meshes, sharded meta-batches and FSDP-style meta-parameters.
 
 A meta-training step has an obvious parallel axis: the meta-batch of tasks, each with its own inner
-loop. This module runs the existing single-device steps (``metagrad.meta_train_step`` semantics
-for a ``Bilevel`` problem, ``metagrad.fewshot.make_meta_step`` for the MAML family) on a device
-mesh with JAX's SPMD runtime:
+loop. This module runs a meta-training step, the mean over the meta-batch of a per-task objective,
+on a device mesh with JAX's SPMD runtime. It knows nothing about any application: a
+:class:`ShardedMetaStep` takes a mapped per-task objective; :func:`shard_meta_train_step` builds
+one for a ``Bilevel`` problem (``metagrad.meta_train_step`` semantics), and
+``metagrad.fewshot.shard_fewshot_meta_step`` one for the MAML family. On the mesh:
 
 * tasks are sharded along the ``"data"`` axis; every device runs the unchanged ``jax.lax.map``
   over its own tasks (inside ``jax.shard_map``);
@@ -28,9 +30,10 @@ per-task, so the meta-parameters are first marked as differing per device
 *outer* gradient, exactly once. Without it, the inner loops silently use the sum of all devices'
 gradients (we hit this: losses off by ~1 after one inner step).
 
-Several hosts: call :func:`initialize` (flags or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
-``JAX_PROCESS_ID``) before anything else touches JAX; the mesh then spans every process's devices.
-See ``docs/distributed.md``.
+Several hosts: call :func:`initialize` (arguments or ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; command-line flags: ``metagrad.cli.distributed_args``)
+before anything else touches JAX; the mesh then spans every process's devices. Checkpoints that
+restore on any device count: ``metagrad.checkpoints``. See ``docs/distributed.md``.
 
 References:
   Xu et al., *GSPMD: General and Scalable Parallelization for ML Computation Graphs*, 2021,
@@ -42,13 +45,10 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import pickle
 from collections.abc import Callable, Collection, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -59,7 +59,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metagrad.bilevel import Bilevel
-from metagrad.files import write_pickle
 
 Meta = Any
 PyTree = Any
@@ -127,67 +126,6 @@ def initialize(
         local_device_ids=local_device_ids,
     )
     return True
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the multi-host and mesh flags to a command-line parser.
-
-    ``--coordinator-address``, ``--num-processes``, ``--process-id`` (default: the environment
-    variables read by :func:`initialize`), ``--mesh DxM`` (devices along data x model; default all
-    devices along data) and ``--params replicate|fsdp``. Use :func:`initialize_from_args` and
-    :func:`mesh_from_args` on the parsed arguments.
-
-    Args:
-      parser: an ``argparse`` parser (or argument group).
-    """
-    group = parser.add_argument_group("distributed (metagrad.distributed)")
-    group.add_argument("--coordinator-address", help="host:port of process 0 (several hosts)")
-    group.add_argument("--num-processes", type=int, help="processes in the job (several hosts)")
-    group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
-    group.add_argument(
-        "--devices",
-        type=int,
-        help="use the first N devices (default: all of them when --mesh is given)",
-    )
-    group.add_argument(
-        "--mesh", help="devices along data x model, e.g. 8x1 or 4x2 (-1: the rest); default Nx1"
-    )
-    group.add_argument(
-        "--params",
-        choices=PARAM_MODES,
-        default="replicate",
-        help="meta-parameters replicated, or sharded FSDP-style along the model axis",
-    )
-
-
-def initialize_from_args(args: argparse.Namespace) -> bool:
-    """:func:`initialize` from the flags of :func:`add_arguments` (unset flags: environment)."""
-    return initialize(
-        getattr(args, "coordinator_address", None),
-        getattr(args, "num_processes", None),
-        getattr(args, "process_id", None),
-    )
-
-
-def mesh_from_args(args: argparse.Namespace) -> Mesh:
-    """The mesh that ``--mesh`` names (``"4x2"``, ``"-1x2"``) over the first ``--devices``
-    devices (default all); every device along data if ``--mesh`` is unset."""
-    text = getattr(args, "mesh", None)
-    devices = getattr(args, "devices", None)
-    if devices is not None and devices < 1:
-        raise ValueError(f"--devices must be a positive number of devices; got {devices}.")
-    if not text:
-        return make_mesh(devices=devices)
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 2:
-        raise ValueError(
-            f"--mesh expects DATAxMODEL with integers, e.g. 8x1 or 4x2 (-1 for the rest); "
-            f"got {text!r}."
-        )
-    return make_mesh(shape, devices=devices)
 
 
 def _env_int(name: str) -> int | None:
@@ -605,7 +543,7 @@ def shard_meta_train_step(
     if not isinstance(problem, Bilevel):
         raise TypeError(
             f"shard_meta_train_step: problem must be a metagrad.Bilevel; got "
-            f"{type(problem).__name__}. For few-shot models use shard_fewshot_meta_step."
+            f"{type(problem).__name__}. For few-shot models use metagrad.fewshot.shard_fewshot_meta_step."
         )
     shared = frozenset(shared)
 
@@ -633,51 +571,7 @@ def shard_meta_train_step(
     )
 
 
-def shard_fewshot_meta_step(
-    model: Any,
-    algorithm: Any,
-    outer_optimizer: optax.GradientTransformation,
-    mesh: Mesh | ShardingPlan | None = None,
-    *,
-    params: str = "replicate",
-    pattern: Any = None,
-    kind: str = "classification",
-) -> Callable[..., tuple[Meta, Any, dict[str, jax.Array]]]:
-    """``metagrad.fewshot.make_meta_step`` on a mesh: tasks split along ``"data"``.
-
-    Args:
-      model: a ``Conv4`` or ``MLP``.
-      algorithm: the MAML-family configuration (``metagrad.fewshot.make_algorithm``).
-      outer_optimizer: optax transformation of the meta-parameters.
-      mesh: a mesh from :func:`make_mesh` (or a :class:`ShardingPlan`); ``None`` (default)
-        returns ``make_meta_step`` itself, the single-device step.
-      params: ``"replicate"`` or ``"fsdp"`` (see :class:`ShardingPlan`).
-      pattern: the Lambda pattern used during meta-training (default: the algorithm's).
-      kind: ``"classification"`` or ``"regression"``.
-
-    Returns:
-      ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy"})``, the same
-      numbers as the single-device step (up to the order of floating-point sums).
-
-    References:
-      Finn et al., ICML 2017 (MAML).
-    """
-    from metagrad.fewshot.adaptation import make_meta_step, meta_batch_loss
-
-    if mesh is None:
-        return make_meta_step(model, algorithm, outer_optimizer, pattern=pattern, kind=kind)
-
-    def per_task(meta: Meta, tasks: Any) -> tuple[jax.Array, jax.Array]:
-        _, per = meta_batch_loss(model, algorithm, meta, tuple(tasks), pattern=pattern, kind=kind)
-        return per["loss"], per["accuracy"]
-
-    def finish(value: jax.Array, accuracy: jax.Array) -> dict[str, jax.Array]:
-        return {"loss": value, "accuracy": jnp.mean(accuracy)}
-
-    return ShardedMetaStep(per_task, outer_optimizer, _plan(mesh, params), finish=finish)
-
-
-# -- memory and checkpoints -----------------------------------------------------------------------
+# -- memory -----------------------------------------------------------------------------------------
 
 
 def bytes_per_device(tree: PyTree, shardings: PyTree | None = None) -> int:
@@ -707,47 +601,14 @@ def _to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: PyTree) -> Path | None:
-    """Writes a (possibly sharded) state as host numpy arrays, atomically (temp file + rename).
-
-    The file holds whole arrays, not shards, so it restores on any number of devices (place it
-    with :meth:`ShardingPlan.put_params` or pass it straight to a sharded step). With several
-    processes every process must call this (gathering shards is collective); process 0 writes.
-    The format is the pickle of numpy arrays that ``metagrad.fewshot.training`` also writes.
-
-    Args:
-      path: the checkpoint file.
-      state: any pytree of arrays and Python values.
-
-    Returns:
-      The path written (``None`` on processes other than 0).
-    """
-    host = jax.tree.map(_to_host, state)
-    if jax.process_index() != 0:
-        return None
-    return write_pickle(path, host)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> PyTree:
-    """Reads a checkpoint written by :func:`save_checkpoint` (host numpy arrays)."""
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
 __all__ = [
     "PARAM_MODES",
-    "add_arguments",
-    "initialize_from_args",
-    "mesh_from_args",
     "ShardedMetaStep",
     "ShardingPlan",
     "bytes_per_device",
     "fsdp_spec",
     "initialize",
-    "load_checkpoint",
     "make_mesh",
     "put",
-    "save_checkpoint",
-    "shard_fewshot_meta_step",
     "shard_meta_train_step",
 ]

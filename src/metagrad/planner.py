@@ -71,9 +71,7 @@ import jax.numpy as jnp
 
 from metagrad.autodiff import MODES
 from metagrad.memory import cost_of_compiled
-from metagrad.unroll import segment_lengths
-
-Schedule = None | int | str | tuple[int, ...]
+from metagrad.schedules import Schedule, segment_lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +180,7 @@ def loop_copies(schedule: Schedule, steps: int) -> int:
     """
 
     def count(n: int, segments: tuple[int, ...]) -> int:
-        # Mirrors metagrad.unroll._segmented_scan.
+        # Mirrors metagrad.unrolling._segmented_scan.
         if not segments or n <= segments[0]:
             return 1
         k, inner = segments[0], segments[1:]

@@ -14,29 +14,18 @@ Use::
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+import functools
+from typing import TYPE_CHECKING, Any
 
-
-class _StatusColumn(ProgressColumn):
-    """A task's ``status`` field, or nothing for tasks that have none."""
-
-    def render(self, task: Task) -> Text:
-        return Text(str(task.fields.get("status", "")))
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def progress_bar(enabled: bool = True) -> Progress:
     """A ``rich.progress.Progress`` on stderr.
+
+    rich is imported here, when a bar is made, so that importing a module that shows progress
+    does not load it.
 
     Args:
       enabled: ``False`` gives a bar that prints nothing (tests, ``--no-progress``).
@@ -44,16 +33,40 @@ def progress_bar(enabled: bool = True) -> Progress:
     Returns:
       The bar; use it as a context manager (or ``start()`` / ``stop()``).
     """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _StatusColumn(),
+        _status_column_type()(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         disable=not enabled,
     )
+
+
+@functools.cache
+def _status_column_type() -> Any:
+    """The column class that shows a task's ``status`` field, or nothing for tasks that have none
+    (made on first use, so that rich is imported only then)."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class _StatusColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(str(task.fields.get("status", "")))
+
+    return _StatusColumn
 
 
 __all__ = ["progress_bar"]

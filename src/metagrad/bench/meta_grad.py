@@ -31,8 +31,8 @@ from metagrad.bilevel import Bilevel
 from metagrad.diagnostics import DEFAULT_DELTA, float64_reference, relative_error
 from metagrad.models import MLP, Conv4, DecoderLM
 from metagrad.reversible import reversible_momentum_sgd
+from metagrad.schedules import Schedule
 from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
-from metagrad.unroll import Schedule
 
 CASES: tuple[str, ...] = ("lm", "mlp", "maml")
 

@@ -3,6 +3,9 @@
 Memory and FLOPs come from XLA's analyses of the compiled program (deterministic). Times are the
 median of repeated runs of the compiled program after a warm-up run (noisy: compare ratios taken in
 one run, never assert them in tests).
+
+rich is imported when something is printed: ``console`` (a rich ``Console`` on stderr) is made on
+first use, so importing this module, e.g. for :func:`measure`, does not load it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from rich.console import Console
-from rich.table import Table
 
 from metagrad.memory import MiB, cost_of_compiled
 
-console = Console(stderr=True)
+
+def __getattr__(name: str) -> Any:
+    # ``console``: made on first access (PEP 562), then an ordinary module attribute.
+    if name == "console":
+        from rich.console import Console
+
+        globals()["console"] = Console(stderr=True)
+        return globals()["console"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def measure(
@@ -91,6 +100,9 @@ def _load() -> float:
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Prints a table to the terminal (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="left" if column == columns[0] else "right")

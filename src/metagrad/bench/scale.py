@@ -7,7 +7,7 @@ For each device count ``n`` and strategy:
 * ``params``: mesh ``(1, n)``, meta-parameters and the outer optimiser state split FSDP-style
   along ``"model"``, every device running every task (what parameter sharding alone saves);
 
-the few-shot meta-training step (``metagrad.distributed.shard_fewshot_meta_step``, MAML on conv4
+the few-shot meta-training step (``metagrad.fewshot.shard_fewshot_meta_step``, MAML on conv4
 or an MLP, random episodes) is compiled and XLA's memory analysis of the sharded program is read:
 it is per device. The parameter bytes per device come from the shardings. Times are the median of
 repeated runs after a warm-up.
@@ -180,6 +180,7 @@ def measure_one(config: dict[str, Any], n: int, strategy: str) -> dict[str, Any]
 
     from metagrad import distributed
     from metagrad.bench.report import measure
+    from metagrad.fewshot import shard_fewshot_meta_step
 
     if strategy not in STRATEGIES:
         raise ValueError(f"bench scale: strategy must be one of {STRATEGIES}; got {strategy!r}.")
@@ -187,7 +188,7 @@ def measure_one(config: dict[str, Any], n: int, strategy: str) -> dict[str, Any]
     shape = (n, 1) if strategy == "data" else (1, n)
     mode = "replicate" if strategy == "data" else "fsdp"
     mesh = distributed.make_mesh(shape, devices=n)
-    step = distributed.shard_fewshot_meta_step(net, alg, outer, mesh, params=mode)
+    step = shard_fewshot_meta_step(net, alg, outer, mesh, params=mode)
     state = outer.init(meta)
     timing = measure(
         step, step.place(meta, state, tasks), config["repeats"], lower_args=(meta, state, tasks)

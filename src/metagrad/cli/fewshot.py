@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--no-resume", action="store_true", help="start over even if a checkpoint exists"
     )
-    from metagrad.distributed import add_arguments as add_distributed_arguments
+    from metagrad.cli.distributed_args import add_arguments as add_distributed_arguments
 
     # --devices / --mesh split the meta-batch across devices; without them: one device.
     add_distributed_arguments(t)
@@ -112,13 +112,13 @@ def run_train(args: argparse.Namespace) -> int:
         if pattern.steps != args.steps:
             raise _fail("train", f"--pattern has {pattern.steps} rows but --steps is {args.steps}.")
     config = _config(args)
-    from metagrad import distributed
+    from metagrad.cli.distributed_args import initialize_from_args, mesh_from_args
     from metagrad.fewshot.training import METRICS, plot_metrics, train
 
     try:
-        distributed.initialize_from_args(args)
+        initialize_from_args(args)
         sharded = args.mesh or args.devices is not None or args.params != "replicate"
-        mesh = distributed.mesh_from_args(args) if sharded else None
+        mesh = mesh_from_args(args) if sharded else None
     except ValueError as err:
         raise _fail("train", str(err)) from None
     if mesh is not None and config.meta_batch % mesh.shape["data"]:

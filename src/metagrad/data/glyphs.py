@@ -48,11 +48,9 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import PIL
-from rich.progress import Progress
 
 from metagrad.progress import progress_bar
 
@@ -70,6 +68,9 @@ from .rendering import (
     place_glyph,
     render_glyph,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Bump when the build procedure changes, so that old cache files are not reused.
 BUILD_VERSION = 1
@@ -210,6 +211,8 @@ def glyph_cache_path(
     Returns:
         The path ``<cache_dir>/glyphs-v<version>-<hash>.npz`` (which may not exist yet).
     """
+    import PIL  # the renderer's version is part of the cache key
+
     config = config or GlyphConfig()
     key = {
         "config": config.to_json(),

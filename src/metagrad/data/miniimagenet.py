@@ -27,14 +27,16 @@ from __future__ import annotations
 import csv
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from PIL import Image
 
 from metagrad.progress import progress_bar
 
 from .class_dataset import ClassDataset, Splits
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _SPLITS = ("train", "val", "test")
 _CSV_LAYOUT = "<root>/{split}.csv (header 'filename,label') with images in <root>/images/"
@@ -227,6 +229,8 @@ def _read_pickle(
         keep = labels >= 0
         images, labels = images[keep], labels[keep]
     if images.shape[1:3] != (image_size, image_size):
+        from PIL import Image
+
         resized = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"miniimagenet resize to {image_size}", total=len(images))
@@ -238,6 +242,8 @@ def _read_pickle(
 
 
 def _read_image(path: Path, image_size: int) -> np.ndarray:
+    from PIL import Image
+
     try:
         with Image.open(path) as image:
             return _resize(image.convert("RGB"), image_size)
@@ -246,6 +252,8 @@ def _read_image(path: Path, image_size: int) -> np.ndarray:
 
 
 def _resize(image: Image.Image, image_size: int) -> np.ndarray:
+    from PIL import Image
+
     if image.size != (image_size, image_size):
         # The CSV layout often ships full-size ImageNet photos; Lanczos avoids aliasing when
         # shrinking them (the usual preprocessing resizes to 84 x 84 ignoring aspect ratio).

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from metagrad.progress import progress_bar
 
@@ -223,6 +222,8 @@ def _character_folders(
 
 
 def _read(path: Path, image_size: int) -> np.ndarray:
+    from PIL import Image
+
     try:
         with Image.open(path) as image:
             gray = image.convert("L")

@@ -6,7 +6,8 @@ size and crops it to its ink; :func:`place_glyph` then places that crop in the o
 an affine transform (the jitter) and averages the supersampled pixels down. White ink on black:
 pixel values are ink coverage, 0 (background) to 255 (full ink).
 
-Fonts are the TrueType files bundled with matplotlib, so nothing is downloaded.
+Fonts are the TrueType files bundled with matplotlib, so nothing is downloaded. matplotlib and
+Pillow are imported by the functions that use them, not with this module.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import matplotlib
 import numpy as np
-from matplotlib.ft2font import FT2Font
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
 
 _DEJAVU = tuple(
     f"DejaVu{family}{style}.ttf"
@@ -86,6 +87,8 @@ def font_path(font: str | Path) -> Path:
     Raises:
         FileNotFoundError: if the font exists neither as a path nor in matplotlib's font folder.
     """
+    import matplotlib
+
     path = Path(font)
     if path.is_file():
         return path
@@ -109,6 +112,8 @@ def font_code_points(font: str | Path) -> frozenset[int]:
         The code points in the font's Unicode character map; for TeX-encoded Computer Modern fonts
         only the ASCII letters and digits, the only code points whose glyph is the right one.
     """
+    from matplotlib.ft2font import FT2Font
+
     path = font_path(font)
     code_points = frozenset(FT2Font(str(path)).get_charmap())
     if path.name in TEX_ENCODED_FONTS:
@@ -123,6 +128,8 @@ def load_font(font: str | Path, size_px: int) -> ImageFont.FreeTypeFont:
     Basic layout rather than Raqm: a single character needs no shaping, and Raqm's presence
     differs between Pillow builds, which would make the rendering differ between machines.
     """
+    from PIL import ImageFont
+
     return ImageFont.truetype(str(font_path(font)), size_px, layout_engine=ImageFont.Layout.BASIC)
 
 
@@ -137,6 +144,8 @@ def render_glyph(font: ImageFont.FreeTypeFont, code_point: int) -> np.ndarray | 
         A uint8 array (height, width) of ink coverage, or None if the glyph has no ink (a blank
         glyph is as good as a missing one for a classification benchmark).
     """
+    from PIL import Image, ImageDraw
+
     text = chr(code_point)
     left, top, right, bottom = font.getbbox(text)
     if right <= left or bottom <= top:
@@ -183,6 +192,8 @@ def place_glyph(
     Returns:
         A uint8 array (image_size, image_size), white ink on black.
     """
+    from PIL import Image, ImageFilter
+
     big = image_size * supersample
     height, width = crop.shape
     fit_scale = min(1.0, fit * supersample / max(height, width))

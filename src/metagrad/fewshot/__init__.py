@@ -7,6 +7,7 @@ Public API (re-exports only):
   adaptation_flops, adaptation_time         what a pattern costs (XLA FLOPs, wall-clock)
   apply_layers, split_apply                 layer-by-layer forward passes (feature caching)
   Layered, LayerStack                       the layer protocol; any network as a stack of layers
+  shard_fewshot_meta_step                   the meta-step on a device mesh (metagrad.distributed)
 """
 
 from metagrad.fewshot.adaptation import (
@@ -20,6 +21,7 @@ from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.measure import adaptation_flops, adaptation_time
 from metagrad.fewshot.network import Layered, LayerStack, apply_layers, n_layers, split_apply
 from metagrad.fewshot.patterns import Pattern, all_patterns, structured_family
+from metagrad.fewshot.sharding import shard_fewshot_meta_step
 
 __all__ = [
     "ALGORITHMS",
@@ -38,6 +40,7 @@ __all__ = [
     "make_meta_step",
     "meta_batch_loss",
     "n_layers",
+    "shard_fewshot_meta_step",
     "split_apply",
     "structured_family",
 ]

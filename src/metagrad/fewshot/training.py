@@ -21,11 +21,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from metagrad import distributed
+from metagrad import checkpoints
 from metagrad.data import Splits, episodes_at, load_glyphs, miniimagenet_splits, omniglot_splits
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.patterns import Pattern
+from metagrad.fewshot.sharding import shard_fewshot_meta_step
 from metagrad.files import write_text
 from metagrad.models import Conv4
 
@@ -136,9 +137,7 @@ def _meta_step(
     """The jitted meta-step, shared by runs of one configuration in a process (a resumed run
     reuses the compiled program instead of compiling it again). With a mesh, the meta-batch is
     split along its ``"data"`` axis (``metagrad.distributed``); without, the single-device step."""
-    return distributed.shard_fewshot_meta_step(
-        model, algorithm, optax.adam(outer_lr), mesh, params=params
-    )
+    return shard_fewshot_meta_step(model, algorithm, optax.adam(outer_lr), mesh, params=params)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -147,7 +146,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     Sharded arrays are gathered first, so a checkpoint of a run on 8 devices resumes on 1 (or any
     other count). With several processes every process calls this and process 0 writes.
     """
-    distributed.save_checkpoint(path, state)
+    checkpoints.save_checkpoint(path, state)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -156,7 +155,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Checkpoints written before the configuration was kept as plain Python values hold it as 0-d
     numpy arrays; they are converted back (``TrainConfig(**state["config"])`` then works).
     """
-    state = distributed.load_checkpoint(path)
+    state = checkpoints.load_checkpoint(path)
     state["config"] = {k: _plain(v) for k, v in state["config"].items()}
     return state
 

@@ -6,18 +6,18 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from metagrad import planner
 from metagrad.autodiff import INNER_GRAD_NAME, differentiation_mode, validate_mode
+from metagrad.schedules import Schedule, segment_lengths
 
 Carry = Any
 Step = Callable[[Carry, Any], tuple[Carry, Any]]
-Schedule = None | int | str | tuple[int, ...]
 
 
 def unroll(
@@ -100,7 +100,7 @@ def unroll(
         if choice is None:
             raise ValueError(
                 f"unroll: no strategy fits memory_budget={memory_budget} bytes; run "
-                "metagrad.unroll.plan_unroll(...) to see each candidate's memory, then raise the "
+                "metagrad.plan_unroll(...) to see each candidate's memory, then raise the "
                 "budget or shrink the problem."
             )
         mode, schedule = choice.candidate.mode, choice.candidate.schedule
@@ -147,8 +147,6 @@ def plan_unroll(
       A ``metagrad.planner.Plan``: every candidate's memory, FLOPs, estimated time (and measured
       time, with ``autotune``), and the choice.
     """
-    from metagrad import planner
-
     steps = _num_steps(xs, length)
     x0 = jax.tree.map(lambda x: x[0], xs)
 
@@ -215,33 +213,6 @@ def _grad_wrt_floats(fun: Callable[..., jax.Array], argnums: tuple[int, ...]) ->
         return jax.grad(of_floats)(floats)
 
     return grads
-
-
-def segment_lengths(schedule: Schedule, steps: int) -> tuple[int, ...]:
-    """The nested segment lengths (outermost first) that ``schedule`` means for ``steps`` steps.
-
-    Raises:
-      ValueError: for a schedule that is not ``None``, a positive int, ``"sqrt"`` or a tuple of
-        decreasing positive ints.
-    """
-    if schedule is None:
-        return ()
-    if schedule == "sqrt":
-        return (max(1, math.isqrt(steps - 1) + 1),) if steps > 1 else ()
-    if isinstance(schedule, int) and not isinstance(schedule, bool):
-        schedule = (schedule,)
-    if (
-        isinstance(schedule, tuple)
-        and schedule
-        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in schedule)
-        and all(a > b for a, b in zip(schedule, schedule[1:], strict=False))
-    ):
-        return tuple(k for k in schedule if k < steps)
-    raise ValueError(
-        "unroll: schedule must be None (keep every step), a positive int k (keep every k-th "
-        "state), 'sqrt', or a tuple of strictly decreasing positive ints (nested segments, "
-        f"e.g. (64, 8)); got {schedule!r}."
-    )
 
 
 def _num_steps(xs: Any, length: int | None) -> int:

@@ -114,7 +114,7 @@ def test_errors_name_the_argument():
     "argv, message",
     [
         (["--case", "resnet"], "--case must be one of"),
-        (["--modes", "fast"], "--modes must be a comma-separated list"),
+        (["--modes", "fast"], "--modes takes a comma-separated subset"),
         (["--reference-mode", "mixflow"], "--reference-mode must be reverse or remat"),
         (["--delta", "0"], "--delta must be in"),
         (["--case", "mlp", "--seq", "8"], "--seq applies to --case lm"),

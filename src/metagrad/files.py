@@ -72,6 +72,26 @@ def write_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write(path, lambda f: pickle.dump(obj, f), binary=True)
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Writes a matplotlib figure as PNG atomically and closes it (every plot of the package).
+
+    Args:
+      fig: the figure, laid out already (``fig.tight_layout()`` or ``constrained_layout``).
+      path: the destination; its folder is created if missing. The format is the file's suffix.
+      dpi: resolution.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
+    import matplotlib.pyplot as plt  # only where a figure is drawn
+
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt), binary=True)
+    finally:
+        plt.close(fig)
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy / JAX arrays and scalars
         return obj.tolist()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from metagrad.cli import width as width_cli
+from metagrad.cli.arguments import parse_list
 from metagrad.optim.coord_check import coord_check, fit_slope, plot_coord_checks, summarize
 from metagrad.optim.experiment import WidthConfig
 from metagrad.optim.sweep import plot_sweep, power_of_two_grid, sweep
@@ -140,7 +141,7 @@ def test_cli_parsers_reject_bad_input():
     with pytest.raises(SystemExit, match="--widths"):
         width_cli.parse_widths("8,x")
     with pytest.raises(SystemExit, match="--optimizer takes"):
-        width_cli.parse_list("sgd,lbfgs", ("sgd", "adam"), "--optimizer")
+        parse_list("sgd,lbfgs", ("sgd", "adam"), "--optimizer", width_cli.COMMAND)
     args = _parser().parse_args(["width", "sweep", "--optimizer", "sgd", "--over", "damping"])
     with pytest.raises(SystemExit, match="--over damping needs --optimizer kfac"):
         args.func(args)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metagrad.files import save_figure
+
 MODE_STYLE = {
     "reverse": {"color": "#d62728", "marker": "o", "label": "reverse-over-reverse"},
     "remat": {"color": "#ff7f0e", "marker": "s", "label": "per-step remat"},
@@ -52,8 +54,4 @@ def plot_memory_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: s
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -34,6 +34,7 @@ import numpy as np
 
 from metagrad import planner
 from metagrad.bench import meta_grad
+from metagrad.files import save_figure
 from metagrad.memory import MiB, cost_of_compiled
 from metagrad.reversible import DEFAULT_MAX_BUFFER_LIMBS, buffer_limbs
 
@@ -506,7 +507,6 @@ def plot(measured: Sequence[Measured], path: Any, title: str) -> Any:
     Returns:
       ``path`` as a ``pathlib.Path``.
     """
-    from pathlib import Path
 
     import matplotlib
 
@@ -540,11 +540,7 @@ def plot(measured: Sequence[Measured], path: Any, title: str) -> Any:
         ax_mem.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(

@@ -9,6 +9,7 @@ from typing import Any
 
 from metagrad.autodiff import MODES
 from metagrad.bench.scale import MODELS, STRATEGIES
+from metagrad.cli.arguments import parse_list, parse_positive_ints, parse_size
 
 UNROLL_STRATEGIES: tuple[str, ...] = (
     "reverse",
@@ -18,6 +19,9 @@ UNROLL_STRATEGIES: tuple[str, ...] = (
     "mixflow+nested",
     "reversible",
 )  # metagrad.bench.unroll.STRATEGIES, repeated so that building the parser imports no JAX
+
+
+COMMAND_META_GRAD = "metagrad bench meta-grad"
 
 
 def register(subparsers: Any) -> None:
@@ -181,17 +185,6 @@ QUICK = {
 }
 
 
-def _parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise SystemExit(
-            f"metagrad bench meta-grad: {flag} takes a comma-separated subset of "
-            f"{', '.join(allowed)}; got {text!r}."
-        )
-    return items
-
-
 def _parse_sweep(text: str) -> tuple[str, list[int]]:
     name, _, values = text.partition("=")
     try:
@@ -215,8 +208,8 @@ def run_meta_grad(args: argparse.Namespace) -> int:
     from metagrad.bench.report import console, print_table
     from metagrad.cli.output import write_results
 
-    cases = _parse_list(args.cases, meta_grad.CASES, "--cases")
-    modes = _parse_list(args.modes, MODES, "--modes")
+    cases = parse_list(args.cases, meta_grad.CASES, "--cases", COMMAND_META_GRAD)
+    modes = parse_list(args.modes, MODES, "--modes", COMMAND_META_GRAD)
     sweeps = [_parse_sweep(s) for s in args.sweep]
     if args.repeats < 1:
         raise SystemExit(f"metagrad bench meta-grad: --repeats must be >= 1; got {args.repeats}.")
@@ -528,49 +521,23 @@ def run_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_steps(text: str, command: str) -> list[int]:
-    try:
-        steps = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        steps = []
-    if not steps or any(t < 1 for t in steps):
-        raise SystemExit(
-            f"{command}: --steps takes comma-separated positive ints, e.g. 8,32,128,512; "
-            f"got {text!r}."
-        )
-    return sorted(set(steps))
-
-
-def _parse_size(text: str, flag: str, command: str) -> int:
-    from metagrad.planner import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as err:
-        raise SystemExit(f"{command}: {flag}: {err}") from None
-
-
 def run_unroll(args: argparse.Namespace) -> int:
     """Runs the long-unroll benchmark from parsed command-line arguments."""
     command = "metagrad bench unroll"
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    if not cases or any(c not in ("lm", "mlp") for c in cases):
-        raise SystemExit(
-            f"{command}: --cases takes a comma-separated subset of lm, mlp; got {args.cases!r}."
-        )
+    cases = parse_list(args.cases, ("lm", "mlp"), "--cases", command)
     strategies = [t.strip() for t in args.strategies.split(",") if t.strip()]
     if not strategies or any(t not in UNROLL_STRATEGIES for t in strategies):
         raise SystemExit(
             f"{command}: --strategies takes a comma-separated subset of "
             f"{', '.join(UNROLL_STRATEGIES)}; got {args.strategies!r}."
         )
-    steps = _parse_steps(args.steps, command)
+    steps = parse_positive_ints(args.steps, "--steps", command, "8,32,128,512")
     if args.repeats < 1:
         raise SystemExit(f"{command}: --repeats must be >= 1; got {args.repeats}.")
     if args.largest_limit < 0:
         raise SystemExit(f"{command}: --largest-limit must be >= 0; got {args.largest_limit}.")
-    max_run = _parse_size(args.max_run_memory, "--max-run-memory", command)
-    budget = _parse_size(args.budget, "--budget", command)
+    max_run = parse_size(args.max_run_memory, "--max-run-memory", command)
+    budget = parse_size(args.budget, "--budget", command)
 
     import jax
 

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from metagrad.cli.arguments import fail, parse_list, require_positive
+
 COMMAND = "metagrad check"
 CASES = ("lm", "mlp", "maml", "reweight", "lr")
 
@@ -64,9 +66,9 @@ def _target(args: argparse.Namespace) -> tuple[Any, str]:
             if value is None:
                 continue
             if args.case != "lm":
-                raise SystemExit(f"{COMMAND}: --{flag.replace('_', '-')} applies to --case lm.")
-            if flag != "eps_root" and value < 1:
-                raise SystemExit(f"{COMMAND}: --{flag} must be a positive integer; got {value}.")
+                raise fail(COMMAND, f"--{flag.replace('_', '-')} applies to --case lm.")
+            if flag != "eps_root":
+                require_positive(value, f"--{flag}", COMMAND)
             overrides[flag] = value
         built = build(args.case, "mixflow", **overrides)
         return lambda **o: check(built.problem, **built.check_inputs, **o), built.description
@@ -97,23 +99,18 @@ def run_check(args: argparse.Namespace) -> int:
     from metagrad.cli.output import write_results
 
     if args.case not in CASES:
-        raise SystemExit(f"{COMMAND}: --case must be one of {', '.join(CASES)}; got {args.case!r}.")
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    bad = [m for m in modes if m not in MODES]
-    if not modes or bad:
-        raise SystemExit(
-            f"{COMMAND}: --modes must be a comma-separated list of {', '.join(MODES)}; got "
-            f"{args.modes!r}."
-        )
+        raise fail(COMMAND, f"--case must be one of {', '.join(CASES)}; got {args.case!r}.")
+    modes = tuple(parse_list(args.modes, MODES, "--modes", COMMAND))
     if args.reference_mode not in ("reverse", "remat"):
-        raise SystemExit(
-            f"{COMMAND}: --reference-mode must be reverse or remat (plain reverse-over-reverse); "
-            f"got {args.reference_mode!r}."
+        raise fail(
+            COMMAND,
+            "--reference-mode must be reverse or remat (plain reverse-over-reverse); got "
+            f"{args.reference_mode!r}.",
         )
     if not 0 < args.delta < 1e-2:
-        raise SystemExit(f"{COMMAND}: --delta must be in (0, 0.01), e.g. 1e-6; got {args.delta}.")
+        raise fail(COMMAND, f"--delta must be in (0, 0.01), e.g. 1e-6; got {args.delta}.")
     if args.eps_root is not None and not args.eps_root >= 0:
-        raise SystemExit(f"{COMMAND}: --eps-root must be >= 0; got {args.eps_root}.")
+        raise fail(COMMAND, f"--eps-root must be >= 0; got {args.eps_root}.")
     run, description = _target(args)
     print(f"{COMMAND} --case {args.case}: {description}")
     report = run(modes=modes, delta=args.delta, reference_mode=args.reference_mode)

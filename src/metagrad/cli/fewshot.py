@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from metagrad.cli.arguments import fail
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="glyphs", help="glyphs (built in), omniglot, miniimagenet")
@@ -72,7 +74,7 @@ def register(subparsers: Any) -> None:
 
 
 def _fail(command: str, message: str) -> SystemExit:
-    return SystemExit(f"metagrad fewshot {command}: {message}")
+    return fail(f"metagrad fewshot {command}", message)
 
 
 def _config(args: argparse.Namespace) -> Any:

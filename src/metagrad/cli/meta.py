@@ -14,6 +14,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from metagrad.cli.arguments import fail
+
 # Tiny sizes of ``--quick`` (a smoke test in seconds); explicit flags still override them.
 QUICK: dict[str, Any] = {
     "width": 32,
@@ -86,7 +88,7 @@ def register(subparsers: Any) -> None:
 
 
 def _fail(command: str, message: str) -> SystemExit:
-    return SystemExit(f"metagrad meta {command}: {message}")
+    return fail(f"metagrad meta {command}", message)
 
 
 def _flag_message(text: str, fields: set[str]) -> str:

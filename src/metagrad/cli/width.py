@@ -16,12 +16,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from metagrad.cli.arguments import parse_list
 from metagrad.cli.output import write_results
 from metagrad.optim.experiment import MODELS, WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES
 from metagrad.optim.merge import infinities_as_strings
 from metagrad.optim.parameterization import OPTIMIZERS, PARAMETERIZATIONS
 from metagrad.optim.tasks import TASKS
+
+COMMAND = "metagrad width"
 
 # Base learning rates used when --lr is not given (tuned at width 64 on the synthetic task).
 DEFAULT_LRS = {"sgd": 2.0**-4, "adam": 2.0**-9, "kfac": 2.0**-2, "shampoo": 2.0**-6}
@@ -131,18 +134,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="directory for artefacts (PNG plots, JSON copy)")
 
 
-def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    """A comma-separated subset of ``allowed``; exits with a message naming ``flag`` otherwise."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise SystemExit(
-            f"metagrad width: {flag} takes a comma-separated subset of {', '.join(allowed)}; "
-            f"got {text!r}."
-        )
-    return items
-
-
 def parse_number(text: str) -> float:
     """``"0.5"``, ``"1e-3"`` or ``"2^-3"``."""
     text = text.strip()
@@ -246,9 +237,9 @@ def run_coord_check(args: argparse.Namespace) -> int:
 
     from metagrad.optim.coord_check import coord_check, plot_coord_checks, summarize
 
-    optimizers = parse_list(args.optimizer, OPTIMIZERS, "--optimizer")
-    params = parse_list(args.param, PARAMETERIZATIONS, "--param")
-    rules = parse_list(args.damping_rule, DAMPING_RULES, "--damping-rule")
+    optimizers = parse_list(args.optimizer, OPTIMIZERS, "--optimizer", COMMAND)
+    params = parse_list(args.param, PARAMETERIZATIONS, "--param", COMMAND)
+    rules = parse_list(args.damping_rule, DAMPING_RULES, "--damping-rule", COMMAND)
     widths = parse_widths(args.widths)
     task = _task(args)
     results = []
@@ -299,9 +290,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from metagrad.optim.sweep import plot_sweep, sweep
 
-    optimizers = parse_list(args.optimizer, OPTIMIZERS, "--optimizer")
-    params = parse_list(args.param, PARAMETERIZATIONS, "--param")
-    rules = parse_list(args.damping_rule, DAMPING_RULES, "--damping-rule")
+    optimizers = parse_list(args.optimizer, OPTIMIZERS, "--optimizer", COMMAND)
+    params = parse_list(args.param, PARAMETERIZATIONS, "--param", COMMAND)
+    rules = parse_list(args.damping_rule, DAMPING_RULES, "--damping-rule", COMMAND)
     widths = parse_widths(args.widths)
     values = parse_values(args.values, "--lrs/--values")
     if args.over == "damping" and optimizers != ["kfac"]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metagrad.files import save_figure
+
 from .class_dataset import ClassDataset, Splits
 
 
@@ -135,10 +137,7 @@ def save_sample_grid(
         fig.suptitle(title, fontsize=10)
     top = 1 - 0.4 / fig.get_figheight() if title else 1
     fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.1, rect=(0, 0, 1, top))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def _spread_over_alphabets(ds: ClassDataset, n: int, rng: np.random.Generator) -> list[int]:

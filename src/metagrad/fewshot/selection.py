@@ -29,6 +29,7 @@ from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.measure import adaptation_flops, adaptation_time
 from metagrad.fewshot.network import Model
 from metagrad.fewshot.patterns import Pattern
+from metagrad.files import save_figure
 from metagrad.stats import mean_ci95
 
 
@@ -251,6 +252,4 @@ def plot_selection(result: dict[str, Any], path: str | Path, title: str = "") ->
     ax.set_title(title or "Lambda pattern selection")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -27,7 +27,7 @@ from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.patterns import Pattern
 from metagrad.fewshot.sharding import shard_fewshot_meta_step
-from metagrad.files import write_text
+from metagrad.files import save_figure, write_text
 from metagrad.models import Conv4
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
@@ -358,6 +358,4 @@ def plot_metrics(
     ax_a.legend(fontsize=8)
     fig.suptitle(title or "meta-training")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

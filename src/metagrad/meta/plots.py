@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from metagrad.files import save_figure
 from metagrad.meta.runner import curves
 
 
@@ -22,12 +23,8 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_validation_curves(

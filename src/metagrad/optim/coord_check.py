@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metagrad.files import save_figure
 from metagrad.optim.experiment import WidthConfig, build, make_step, prepare_inputs
 from metagrad.optim.tasks import ClassificationTask
 from metagrad.progress import progress_bar
@@ -216,8 +217,7 @@ def plot_coord_checks(results: Sequence[dict[str, Any]], path: str) -> None:
             axes[i][j].axis("off")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def summarize(result: dict[str, Any], tolerance: float = 0.1) -> dict[str, Any]:

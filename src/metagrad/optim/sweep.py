@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metagrad.files import save_figure
 from metagrad.optim.experiment import (
     WidthConfig,
     build,
@@ -271,5 +272,4 @@ def plot_sweep(results: Sequence[dict[str, Any]], path: str) -> None:
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from metagrad.cli.arguments import parse_list
+from metagrad.cli.arguments import parse_list, parse_positive_ints
 from metagrad.cli.output import write_results
 from metagrad.optim.experiment import MODELS, WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES
@@ -177,17 +177,8 @@ def parse_values(text: str, flag: str) -> list[float]:
 
 
 def parse_widths(text: str) -> list[int]:
-    """Comma-separated positive integers."""
-    try:
-        widths = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        widths = []
-    if not widths or any(w < 1 for w in widths):
-        raise SystemExit(
-            f"metagrad width: --widths takes comma-separated positive integers such as "
-            f"64,128,256; got {text!r}."
-        )
-    return widths
+    """Comma-separated positive integers (sorted, without repeats)."""
+    return parse_positive_ints(text, "--widths", COMMAND, "64,128,256")
 
 
 def _task(args: argparse.Namespace):

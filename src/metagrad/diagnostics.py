@@ -352,8 +352,28 @@ def check(
       A ``CheckReport``.
 
     Example:
-      >>> report = metagrad.check(problem, meta, params=p0, inner_batches=xs, outer_batch=val)
+      A tiny problem: per-example loss weights through three SGD steps.
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import metagrad
+      >>> def per_example_loss(p, batch):
+      ...     x, y = batch
+      ...     return (x @ p - y) ** 2
+      >>> problem = metagrad.Bilevel(
+      ...     inner_loss=lambda p, w, b: jnp.mean(jax.nn.sigmoid(w) * per_example_loss(p, b)),
+      ...     outer_loss=lambda p, w, b: jnp.mean(per_example_loss(p, b)),
+      ...     inner_optimizer=optax.sgd(0.1),
+      ...     steps=3,
+      ... )
+      >>> batch = (jnp.arange(12.0).reshape(4, 3) / 10, jnp.array([1.0, 0.0, -1.0, 0.5]))
+      >>> report = metagrad.check(
+      ...     problem, jnp.zeros(4), params=jnp.full(3, 0.1), inner_batch=batch, outer_batch=batch
+      ... )
       >>> report.verdict, report.causes
+      ('sound', [])
+      >>> print(report.summary())  # doctest: +ELLIPSIS
+      verdict: sound
+      float32 vs float64 reference (max-relative): reverse ...
     """
     from metagrad.bilevel import Bilevel
 

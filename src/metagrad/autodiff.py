@@ -109,7 +109,7 @@ def grad(
       A function with the signature of ``fun``. It returns the gradient (structured like the
       ``argnums`` arguments) or ``(gradient, aux)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> import metagrad
       >>> f = lambda w: jnp.sum(w**3)
@@ -147,7 +147,7 @@ def value_and_grad(
     Returns:
       A function returning ``(value, grad)`` or ``((value, aux), grad)``, like ``jax.value_and_grad``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import metagrad
       >>> value, g = metagrad.value_and_grad(lambda w: jnp.sum(w**3))(jnp.array([1.0, 2.0]))

@@ -87,7 +87,7 @@ class Bilevel:
         (``jax.lax.stop_gradient``): first-order MAML. Learning rates in the optimiser still
         receive their (first-order) meta-gradient.
 
-    Example:
+    Examples:
       Per-example loss weights (``sigmoid(meta)``) learned through three SGD steps of a linear
       regression:
 
@@ -340,8 +340,12 @@ class Bilevel:
         """The outer value and its exact meta-gradient ``dV/dmeta``.
 
         Args:
-          meta, outer_batch, params, inner_batches, inner_batch, opt_state: as in ``adapt`` and
-            ``outer_value``.
+          meta: as in ``adapt`` and ``outer_value``.
+          outer_batch: as in ``adapt`` and ``outer_value``.
+          params: as in ``adapt`` and ``outer_value``.
+          inner_batches: as in ``adapt`` and ``outer_value``.
+          inner_batch: as in ``adapt`` and ``outer_value``.
+          opt_state: as in ``adapt`` and ``outer_value``.
           return_inner: also return the ``InnerResult`` of the inner loop (adapted parameters,
             optimiser state, inner losses), e.g. to continue training from it.
 
@@ -444,7 +448,7 @@ def meta_train_step(
       (``outer_batch``, ``inner_batches`` or ``inner_batch``, ``params``, ``opt_state``).
       Initialise ``outer_state`` with ``outer_optimizer.init(meta)``.
 
-    Example:
+    Examples:
       Three outer Adam steps on the per-example weights of the ``Bilevel`` example:
 
       >>> import jax, jax.numpy as jnp, optax

@@ -343,7 +343,10 @@ def check(
     Args:
       problem: a ``metagrad.Bilevel``.
       meta: the meta-parameters.
-      outer_batch, params, inner_batches, inner_batch: as for ``Bilevel.value_and_grad``.
+      outer_batch: as for ``Bilevel.value_and_grad``.
+      params: as for ``Bilevel.value_and_grad``.
+      inner_batches: as for ``Bilevel.value_and_grad``.
+      inner_batch: as for ``Bilevel.value_and_grad``.
       modes: modes to compare with the float64 reference.
       **options: keyword options of ``check_meta_gradient`` (``delta``, ``reference_mode``,
         ``max_error``, ``max_sensitivity``, ``seed``, ``directions``).
@@ -351,7 +354,7 @@ def check(
     Returns:
       A ``CheckReport``.
 
-    Example:
+    Examples:
       A tiny problem: per-example loss weights through three SGD steps.
 
       >>> import jax, jax.numpy as jnp, optax

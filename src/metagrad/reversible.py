@@ -229,8 +229,14 @@ def reversible_reverse(
     """Runs the loop backwards from ``state``, exactly: returns the state before step 0.
 
     Args:
-      loss, xs, learning_rate, decay, meta, steps, fractional_bits, max_buffer_limbs: as given to
-        ``reversible_forward``.
+      loss: as given to ``reversible_forward``.
+      xs: as given to ``reversible_forward``.
+      learning_rate: as given to ``reversible_forward``.
+      decay: as given to ``reversible_forward``.
+      meta: as given to ``reversible_forward``.
+      steps: as given to ``reversible_forward``.
+      fractional_bits: as given to ``reversible_forward``.
+      max_buffer_limbs: as given to ``reversible_forward``.
       state: the final ``ReversibleState`` from ``reversible_forward``.
       like: a pytree like ``params0`` (arrays or ``jax.ShapeDtypeStruct``), giving the float dtypes
         the gradient is computed in.

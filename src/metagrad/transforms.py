@@ -36,7 +36,7 @@ def scale_by_learning_rates(learning_rates: Any) -> optax.GradientTransformation
       An ``optax.GradientTransformation``. Like ``optax.scale_by_learning_rate``, it flips the sign
       so that the result is a descent update.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import metagrad
       >>> params = {"w": jnp.ones(2)}

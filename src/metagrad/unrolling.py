@@ -78,7 +78,7 @@ def unroll(
     Returns:
       ``(final_carry, stacked_ys)`` exactly as ``jax.lax.scan`` returns them.
 
-    Example:
+    Examples:
       The meta-gradient of a validation loss with respect to an inner learning rate, through three
       inner SGD steps; every mode gives the same value:
 
@@ -153,7 +153,10 @@ def plan_unroll(
     is the part of a meta-gradient whose cost depends on the strategy.
 
     Args:
-      step, carry, xs, length: as for ``unroll``.
+      step: as for ``unroll``.
+      carry: as for ``unroll``.
+      xs: as for ``unroll``.
+      length: as for ``unroll``.
       memory_budget: bytes the compiled program may use (``None``: no limit).
       candidates: ``metagrad.planner.Candidate``s (default: ``default_candidates(T)``).
       autotune: also time the close candidates that fit and choose the fastest measured

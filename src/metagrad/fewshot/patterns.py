@@ -27,7 +27,7 @@ class Pattern:
       matrix: K rows (inner steps) of L booleans (layers, in forward order; the head is last).
       name: a short label for tables and plots.
 
-    Example:
+    Examples:
       >>> from metagrad.fewshot import Pattern
       >>> anil = Pattern.top(steps=5, layers=5, m=1)  # ANIL: head only, every step
       >>> anil.name, anil.code

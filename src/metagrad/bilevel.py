@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias, overload
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,9 @@ Params = Any
 Meta = Any
 Batch = Any
 Loss = Callable[[Params, Meta, Batch], jax.Array]
-OptimizerSpec = optax.GradientTransformation | Callable[[Meta], optax.GradientTransformation]
+OptimizerSpec: TypeAlias = (
+    optax.GradientTransformation | Callable[[Meta], optax.GradientTransformation]
+)
 
 
 class InnerResult(NamedTuple):
@@ -225,6 +227,7 @@ class Bilevel:
         opt = self.optimizer(meta)
         xs, fixed = self._step_data(inner_batches, inner_batch)
         carry = (params0, opt.init(params0) if opt_state is None else opt_state)
+        segments: Sequence[tuple[list[bool] | None, int, int]]
         if self.update_masks is None:
             segments = [(None, 0, self.steps)]
         else:
@@ -325,6 +328,45 @@ class Bilevel:
         differentiate the average with ``jax.grad``. Arguments are as in ``adapt``.
         """
         return self._outer(meta, outer_batch, params, inner_batches, inner_batch, opt_state)[0]
+
+    @overload
+    def value_and_grad(
+        self,
+        meta: Meta,
+        *,
+        outer_batch: Batch,
+        params: Params | None = None,
+        inner_batches: Batch | None = None,
+        inner_batch: Batch | None = None,
+        opt_state: Any = None,
+        return_inner: Literal[False] = False,
+    ) -> tuple[jax.Array, Meta]: ...
+
+    @overload
+    def value_and_grad(
+        self,
+        meta: Meta,
+        *,
+        outer_batch: Batch,
+        params: Params | None = None,
+        inner_batches: Batch | None = None,
+        inner_batch: Batch | None = None,
+        opt_state: Any = None,
+        return_inner: Literal[True],
+    ) -> tuple[jax.Array, Meta, InnerResult]: ...
+
+    @overload
+    def value_and_grad(
+        self,
+        meta: Meta,
+        *,
+        outer_batch: Batch,
+        params: Params | None = None,
+        inner_batches: Batch | None = None,
+        inner_batch: Batch | None = None,
+        opt_state: Any = None,
+        return_inner: bool = False,
+    ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]: ...
 
     def value_and_grad(
         self,

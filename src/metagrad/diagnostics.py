@@ -209,7 +209,9 @@ def check_meta_gradient(
     amplification = sensitivity / delta
     dominant = _dominant_leaves(ref.change)
     backend = jax.default_backend()
-    precision = str(jax.config.jax_default_matmul_precision or "default")
+    # jax.config's options are attributes set at run time, absent from its type stubs.
+    matmul_precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+    precision = str(matmul_precision or "default")
     causes = _causes(
         errors,
         smooth_sensitivity,

@@ -74,7 +74,8 @@ def scale_by_learning_rates(learning_rates: Any) -> optax.GradientTransformation
 class ScaleByStepLearningRatesState(NamedTuple):
     """The inner step counter of ``scale_by_step_learning_rates``."""
 
-    count: jax.Array
+    # The field shadows tuple.count, as in optax's own states (its name is part of the state).
+    count: jax.Array  # type: ignore[assignment]
 
 
 def scale_by_step_learning_rates(learning_rates: Any) -> optax.GradientTransformation:

@@ -195,7 +195,9 @@ def plan_unroll(
                 length=steps,
                 schedule=candidate.schedule,
             )
-            return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out) if _is_float(leaf))
+            return jnp.asarray(
+                sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out) if _is_float(leaf))
+            )
 
         grad_fn = jax.jit(_grad_wrt_floats(loop_output, argnums=(0, 2)))
         return grad_fn, (spec(carry), spec(xs), spec(list(consts)))

@@ -109,6 +109,16 @@ def grad(
       A function with the signature of ``fun``. It returns the gradient (structured like the
       ``argnums`` arguments) or ``(gradient, aux)``.
 
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import metagrad
+      >>> f = lambda w: jnp.sum(w**3)
+      >>> print(metagrad.grad(f)(jnp.array([1.0, 2.0])))  # 3 w²
+      [ 3. 12.]
+      >>> # Its own derivative (the part a meta-gradient needs) comes from forward-over-reverse:
+      >>> print(jax.grad(lambda w: jnp.sum(metagrad.grad(f)(w)))(jnp.array([1.0, 2.0])))  # 6 w
+      [ 6. 12.]
+
     References:
       Kemaev et al., *Scalable Meta-Learning via Mixed-Mode Differentiation*, ICML 2025.
     """
@@ -136,6 +146,13 @@ def value_and_grad(
 
     Returns:
       A function returning ``(value, grad)`` or ``((value, aux), grad)``, like ``jax.value_and_grad``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import metagrad
+      >>> value, g = metagrad.value_and_grad(lambda w: jnp.sum(w**3))(jnp.array([1.0, 2.0]))
+      >>> print(value, g)
+      9.0 [ 3. 12.]
     """
     argnums_tuple = _normalise_argnums(argnums)
 

@@ -209,7 +209,9 @@ def check_meta_gradient(
     amplification = sensitivity / delta
     dominant = _dominant_leaves(ref.change)
     backend = jax.default_backend()
-    precision = str(jax.config.jax_default_matmul_precision or "default")
+    # jax.config's options are attributes set at run time, absent from its type stubs.
+    matmul_precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+    precision = str(matmul_precision or "default")
     causes = _causes(
         errors,
         smooth_sensitivity,
@@ -343,7 +345,10 @@ def check(
     Args:
       problem: a ``metagrad.Bilevel``.
       meta: the meta-parameters.
-      outer_batch, params, inner_batches, inner_batch: as for ``Bilevel.value_and_grad``.
+      outer_batch: as for ``Bilevel.value_and_grad``.
+      params: as for ``Bilevel.value_and_grad``.
+      inner_batches: as for ``Bilevel.value_and_grad``.
+      inner_batch: as for ``Bilevel.value_and_grad``.
       modes: modes to compare with the float64 reference.
       **options: keyword options of ``check_meta_gradient`` (``delta``, ``reference_mode``,
         ``max_error``, ``max_sensitivity``, ``seed``, ``directions``).
@@ -351,9 +356,29 @@ def check(
     Returns:
       A ``CheckReport``.
 
-    Example:
-      >>> report = metagrad.check(problem, meta, params=p0, inner_batches=xs, outer_batch=val)
+    Examples:
+      A tiny problem: per-example loss weights through three SGD steps.
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import metagrad
+      >>> def per_example_loss(p, batch):
+      ...     x, y = batch
+      ...     return (x @ p - y) ** 2
+      >>> problem = metagrad.Bilevel(
+      ...     inner_loss=lambda p, w, b: jnp.mean(jax.nn.sigmoid(w) * per_example_loss(p, b)),
+      ...     outer_loss=lambda p, w, b: jnp.mean(per_example_loss(p, b)),
+      ...     inner_optimizer=optax.sgd(0.1),
+      ...     steps=3,
+      ... )
+      >>> batch = (jnp.arange(12.0).reshape(4, 3) / 10, jnp.array([1.0, 0.0, -1.0, 0.5]))
+      >>> report = metagrad.check(
+      ...     problem, jnp.zeros(4), params=jnp.full(3, 0.1), inner_batch=batch, outer_batch=batch
+      ... )
       >>> report.verdict, report.causes
+      ('sound', [])
+      >>> print(report.summary())  # doctest: +ELLIPSIS
+      verdict: sound
+      float32 vs float64 reference (max-relative): reverse ...
     """
     from metagrad.bilevel import Bilevel
 

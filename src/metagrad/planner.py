@@ -250,8 +250,8 @@ def plan(
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
         compiled = jitted.lower(*args).compile(compiler_options)
         rows.append(evaluate(candidate, compiled, memory_budget=memory_budget))
-    rows = estimate_times(rows)
-    return Plan(rows, choose(rows, memory_budget), memory_budget)
+    estimated = estimate_times(rows)
+    return Plan(estimated, choose(estimated, memory_budget), memory_budget)
 
 
 ANALYSIS_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}

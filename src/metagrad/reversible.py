@@ -229,8 +229,14 @@ def reversible_reverse(
     """Runs the loop backwards from ``state``, exactly: returns the state before step 0.
 
     Args:
-      loss, xs, learning_rate, decay, meta, steps, fractional_bits, max_buffer_limbs: as given to
-        ``reversible_forward``.
+      loss: as given to ``reversible_forward``.
+      xs: as given to ``reversible_forward``.
+      learning_rate: as given to ``reversible_forward``.
+      decay: as given to ``reversible_forward``.
+      meta: as given to ``reversible_forward``.
+      steps: as given to ``reversible_forward``.
+      fractional_bits: as given to ``reversible_forward``.
+      max_buffer_limbs: as given to ``reversible_forward``.
       state: the final ``ReversibleState`` from ``reversible_forward``.
       like: a pytree like ``params0`` (arrays or ``jax.ShapeDtypeStruct``), giving the float dtypes
         the gradient is computed in.
@@ -572,13 +578,13 @@ def _prepare(
         )
     if velocity0 is None:
         velocity0 = jax.tree.map(jnp.zeros_like, params0)
-    elif jax.tree.structure(velocity0) != jax.tree.structure(params0) or any(
+    elif _treedef(velocity0) != _treedef(params0) or any(
         jnp.shape(v) != jnp.shape(p)
         for v, p in zip(jax.tree.leaves(velocity0), leaves, strict=True)
     ):
         raise ValueError(
             "velocity0 must have the structure and shapes of params0; got "
-            f"{jax.tree.structure(velocity0)} vs {jax.tree.structure(params0)}."
+            f"{_treedef(velocity0)} vs {_treedef(params0)}."
         )
     lr = _validate_learning_rate(learning_rate, params0)
     cfg = _Config(n, d, fractional_bits, int_dtype, limbs, num_steps)
@@ -622,8 +628,8 @@ def _validate_learning_rate(learning_rate: Any, params0: Any) -> Any:
             )
         return jnp.asarray(a)
 
-    if jax.tree.structure(learning_rate) == jax.tree.structure(params0) and not (
-        jax.tree.structure(params0).num_leaves == 1 and jnp.ndim(learning_rate) == 0
+    if _treedef(learning_rate) == _treedef(params0) and not (
+        _treedef(params0).num_leaves == 1 and jnp.ndim(learning_rate) == 0
     ):
         return jax.tree.map(check, learning_rate)
     lr = check(learning_rate)
@@ -636,7 +642,7 @@ def _validate_learning_rate(learning_rate: Any, params0: Any) -> Any:
 
 
 def _lr_tree(lr: Any, like: Any) -> Any:
-    if jax.tree.structure(lr) == jax.tree.structure(like):
+    if _treedef(lr) == _treedef(like):
         return lr
     return jax.tree.map(lambda _: lr, like)
 
@@ -724,3 +730,9 @@ def _scan_steps(
     with differentiation_mode("mixflow"):
         final, stacked = jax.lax.scan(step, state, xs, length=cfg.steps, reverse=reverse)
     return (final, stacked) if trajectory else final
+
+
+def _treedef(tree: Any) -> Any:
+    """``jax.tree.structure(tree)``, typed ``Any``: jaxlib ships no type stub for ``PyTreeDef``, so
+    a type checker cannot compare tree structures or read ``num_leaves`` otherwise."""
+    return jax.tree.structure(tree)

@@ -36,6 +36,15 @@ def scale_by_learning_rates(learning_rates: Any) -> optax.GradientTransformation
       An ``optax.GradientTransformation``. Like ``optax.scale_by_learning_rate``, it flips the sign
       so that the result is a descent update.
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import metagrad
+      >>> params = {"w": jnp.ones(2)}
+      >>> opt = metagrad.scale_by_learning_rates({"w": jnp.array([0.5, 0.25])})
+      >>> updates, _ = opt.update({"w": jnp.array([1.0, 2.0])}, opt.init(params))
+      >>> print(updates["w"])
+      [-0.5 -0.5]
+
     References:
       Li, Zhou, Chen, Li. *Meta-SGD: Learning to Learn Quickly for Few-Shot Learning*. 2017,
       arXiv:1707.09835.
@@ -65,7 +74,8 @@ def scale_by_learning_rates(learning_rates: Any) -> optax.GradientTransformation
 class ScaleByStepLearningRatesState(NamedTuple):
     """The inner step counter of ``scale_by_step_learning_rates``."""
 
-    count: jax.Array
+    # The field shadows tuple.count, as in optax's own states (its name is part of the state).
+    count: jax.Array  # type: ignore[assignment]
 
 
 def scale_by_step_learning_rates(learning_rates: Any) -> optax.GradientTransformation:

@@ -78,6 +78,22 @@ def unroll(
     Returns:
       ``(final_carry, stacked_ys)`` exactly as ``jax.lax.scan`` returns them.
 
+    Examples:
+      The meta-gradient of a validation loss with respect to an inner learning rate, through three
+      inner SGD steps; every mode gives the same value:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import metagrad
+      >>> def step(carry, x):
+      ...     w, lr = carry
+      ...     g = metagrad.grad(lambda w: jnp.sum((w - x) ** 2))(w)
+      ...     return (w - lr * g, lr), jnp.sum(w)
+      >>> def outer(lr, mode):
+      ...     (w, _), _ = metagrad.unroll(step, (jnp.zeros(2), lr), jnp.ones((3, 2)), mode=mode)
+      ...     return jnp.sum((w - 1.0) ** 2)
+      >>> [round(float(jax.grad(outer)(0.1, mode)), 3) for mode in ("reverse", "remat", "mixflow")]
+      [-7.864, -7.864, -7.864]
+
     References:
       Kemaev et al., ICML 2025, Section 3 (mixed-mode gradient node, step-level rematerialisation).
     """
@@ -137,7 +153,10 @@ def plan_unroll(
     is the part of a meta-gradient whose cost depends on the strategy.
 
     Args:
-      step, carry, xs, length: as for ``unroll``.
+      step: as for ``unroll``.
+      carry: as for ``unroll``.
+      xs: as for ``unroll``.
+      length: as for ``unroll``.
       memory_budget: bytes the compiled program may use (``None``: no limit).
       candidates: ``metagrad.planner.Candidate``s (default: ``default_candidates(T)``).
       autotune: also time the close candidates that fit and choose the fastest measured
@@ -176,7 +195,9 @@ def plan_unroll(
                 length=steps,
                 schedule=candidate.schedule,
             )
-            return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out) if _is_float(leaf))
+            return jnp.asarray(
+                sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out) if _is_float(leaf))
+            )
 
         grad_fn = jax.jit(_grad_wrt_floats(loop_output, argnums=(0, 2)))
         return grad_fn, (spec(carry), spec(xs), spec(list(consts)))

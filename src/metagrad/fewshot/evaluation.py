@@ -66,9 +66,13 @@ def evaluate(
     patterns).
 
     Args:
-      model, algorithm, meta: the learner.
+      model: the learner.
+      algorithm: the learner.
+      meta: the learner.
       dataset: the evaluation split.
-      ways, shots, queries: the episode shape.
+      ways: the episode shape.
+      shots: the episode shape.
+      queries: the episode shape.
       tasks: number of tasks (≥ 600 for the usual reporting).
       batch: tasks per compiled call.
       seed: episode seed.

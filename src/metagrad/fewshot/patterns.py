@@ -27,9 +27,13 @@ class Pattern:
       matrix: K rows (inner steps) of L booleans (layers, in forward order; the head is last).
       name: a short label for tables and plots.
 
-    Example:
-      >>> Pattern.top(steps=5, layers=5, m=1)   # ANIL: head only, every step
-      >>> Pattern.parse("00001/00001/11111")    # 3 steps: head, head, then all layers
+    Examples:
+      >>> from metagrad.fewshot import Pattern
+      >>> anil = Pattern.top(steps=5, layers=5, m=1)  # ANIL: head only, every step
+      >>> anil.name, anil.code
+      ('head', '00001/00001/00001/00001/00001')
+      >>> Pattern.parse("00001/00001/11111").masks()  # 3 steps: head, head, then all layers
+      [[False, False, False, False, True], [False, False, False, False, True], [True, True, True, True, True]]
     """
 
     matrix: tuple[tuple[bool, ...], ...]

@@ -53,10 +53,14 @@ def select_pattern(
     """Measures candidates and picks the fastest one with accuracy ≥ reference − ``epsilon``.
 
     Args:
-      model, algorithm, meta: the meta-trained learner.
+      model: the meta-trained learner.
+      algorithm: the meta-trained learner.
+      meta: the meta-trained learner.
       dataset: meta-validation split.
       candidates: patterns to consider (all with the same K and L).
-      ways, shots, queries: episode shape.
+      ways: episode shape.
+      shots: episode shape.
+      queries: episode shape.
       epsilon: allowed accuracy loss as a fraction (0.01 = 1 point).
       tasks: validation tasks of the final accuracy estimates (≥ 600 for reporting).
       search: ``"exhaustive"`` (every candidate on all tasks) or ``"halving"``.

@@ -139,7 +139,10 @@ def online_meta_step(
     (``metagrad.meta_train_step`` of the window's ``Bilevel``).
 
     Args:
-      inner_loss, outer_loss, optimizer_of, mode: as in :func:`window_value_and_grad`.
+      inner_loss: as in :func:`window_value_and_grad`.
+      outer_loss: as in :func:`window_value_and_grad`.
+      optimizer_of: as in :func:`window_value_and_grad`.
+      mode: as in :func:`window_value_and_grad`.
       meta_optimizer: optax transformation of the meta-parameters.
 
     Returns:

@@ -214,6 +214,9 @@ def make_meta_step(
 
     train = meta_train_step(objective, outer_optimizer, has_aux=True)
 
+    # Jitted as a whole (not only ``train``): callers lower it (``step.lower(...)``) to read XLA's
+    # memory and cost analyses of the meta-step.
+    @jax.jit
     def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Array]]:
         meta, opt_state, loss, metrics = train(meta, opt_state, tasks=tasks)
         return meta, opt_state, {"loss": loss, **metrics}

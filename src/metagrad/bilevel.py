@@ -466,6 +466,7 @@ def meta_train_step(
     has_aux: bool = False,
     return_inner: bool = False,
     return_grad: bool = False,
+    jit: bool = True,
 ) -> Callable[..., tuple[Any, ...]]:
     """The one jitted meta-training step: meta-gradient, then an update with ``outer_optimizer``.
 
@@ -481,6 +482,8 @@ def meta_train_step(
       return_inner: for a ``Bilevel``: also return its ``InnerResult`` (adapted parameters and
         optimiser state) as the auxiliary output, e.g. to continue training from it.
       return_grad: also return the meta-gradient (last), e.g. to log its norm.
+      jit: return the step jitted (default). ``False`` returns the plain function, for a caller
+        that jits it itself, e.g. with shardings (``metagrad.distributed``).
 
     Returns:
       ``step(meta, outer_state, **data) -> (meta, outer_state, value)``, or
@@ -544,7 +547,6 @@ def meta_train_step(
             f"objective(meta, **data) -> value; got {type(objective).__name__}."
         )
 
-    @jax.jit
     def step(meta: Meta, outer_state: Any, **data: Any) -> tuple[Any, ...]:
         out, meta_grad = value_and_grad(meta, **data)
         updates, outer_state = outer_optimizer.update(meta_grad, outer_state, meta)
@@ -552,7 +554,7 @@ def meta_train_step(
         head = (new_meta, outer_state, *out) if with_aux else (new_meta, outer_state, out)
         return (*head, meta_grad) if return_grad else head
 
-    return step
+    return jax.jit(step) if jit else step
 
 
 def _loss_dtype(leaves: Sequence[Any]) -> Any:

@@ -58,7 +58,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metagrad.bilevel import Bilevel
+from metagrad.bilevel import Bilevel, meta_train_step
 
 Meta = Any
 PyTree = Any
@@ -424,9 +424,15 @@ class ShardedMetaStep:
         return value, aux, grads
 
     def _step(self, meta: Meta, state: Any, args: tuple, kwargs: dict, shared: dict) -> Any:
-        value, aux, grads = self._value_and_grad(meta, args, kwargs, shared)
-        updates, state = self.outer_optimizer.update(grads, state, meta)
-        return optax.apply_updates(meta, updates), state, self._finish(value, aux)
+        # The one meta-step (metagrad.meta_train_step), jitted here with the mesh's shardings.
+        update = meta_train_step(
+            lambda m, **d: self._objective(m, d["args"], d["kwargs"], d["shared"]),
+            self.outer_optimizer,
+            has_aux=True,
+            jit=False,
+        )
+        meta, state, value, (_, aux) = update(meta, state, args=args, kwargs=kwargs, shared=shared)
+        return meta, state, self._finish(value, aux)
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         per = {k: v for k, v in kwargs.items() if k not in self.shared}
@@ -554,14 +560,7 @@ def shard_meta_train_step(
         return values, None
 
     if mesh is None:
-
-        @jax.jit
-        def step(meta: Meta, outer_state: Any, **data: Any) -> tuple[Meta, Any, jax.Array]:
-            value, grads = jax.value_and_grad(lambda m: jnp.mean(per_task(m, **data)[0]))(meta)
-            updates, outer_state = outer_optimizer.update(grads, outer_state, meta)
-            return optax.apply_updates(meta, updates), outer_state, value
-
-        return step
+        return meta_train_step(lambda m, **data: jnp.mean(per_task(m, **data)[0]), outer_optimizer)
     return ShardedMetaStep(
         per_task,
         outer_optimizer,

@@ -305,6 +305,8 @@ def phase_multihost(out: Path) -> dict[str, float]:
     saved = checkpoints.load_checkpoint(out / "multihost")
     if jax.process_index() != 0:
         return {}
+    written = sorted(p.name for p in (out / "multihost" / "2" / "state").glob("ocdbt.process_*"))
+    assert written == ["ocdbt.process_0", "ocdbt.process_1"], written  # each its own shards
     # The reference: the unchanged single-device step on this process's first device.
     ref_meta, _, ref_metrics = run_steps(
         make_meta_step(net, alg, outer), meta0, outer.init(meta0), [tasks(t) for t in range(2)]

@@ -266,6 +266,8 @@ def _restore_step(
                 item=target, restore_args=jax.tree.map(_target_restore_args, target)
             )
         state = manager.restore(step, args=ocp.args.Composite(**{_STATE: args}))[_STATE]
+        if target is not None:
+            state = jax.tree.map(_like_target, target, state)
     return Checkpoint(state=state, step=step, metadata=meta["metadata"], path=directory / str(step))
 
 
@@ -278,9 +280,22 @@ def _host_restore_args(leaf_metadata: Any) -> Any:
     return ocp.RestoreArgs()  # Python scalars and strings as they were saved
 
 
+def _uncommitted(leaf: Any) -> bool:
+    """A ``jax.Array`` placed by default (not by ``device_put`` or a sharded computation)."""
+    return isinstance(leaf, jax.Array) and not getattr(leaf, "committed", True)
+
+
+def _like_target(leaf: Any, restored: Any) -> Any:
+    # Restored as a host array, placed the way the target is: left to the default device without
+    # being committed to it, so jitted steps reuse what they compiled for the fresh state.
+    return jax.device_put(restored) if _uncommitted(leaf) else restored
+
+
 def _target_restore_args(leaf: Any) -> Any:
     import orbax.checkpoint as ocp
 
+    if _uncommitted(leaf):
+        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype)
     if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct) and leaf.sharding is not None:
         return ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape,
                                     dtype=leaf.dtype)  # fmt: skip

@@ -88,6 +88,11 @@ def test_resume_refuses_another_configuration(tmp_path):
     other = TrainConfig(**{**small.__dict__, "inner_lr": 0.1})
     with pytest.raises(ValueError, match="different configuration"):
         train(other, tmp_path, splits=splits, show_progress=False)
+    # A run folder of an older metagrad (checkpoint.pkl) is not silently started over.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pkl").write_bytes(b"")
+    with pytest.raises(ValueError, match="older metagrad.*--no-resume"):
+        train(small, tmp_path / "old", splits=splits, show_progress=False)
 
 
 @pytest.mark.parametrize(

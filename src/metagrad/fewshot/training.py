@@ -32,6 +32,7 @@ from metagrad.models import Conv4
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
 CHECKPOINTS = "checkpoints"
+_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
 METRICS = "metrics.jsonl"
 
 
@@ -242,6 +243,12 @@ def train(
     # With several processes (hosts) they all compute every step; process 0 alone writes files.
     primary = jax.process_index() == 0
     start = 0
+    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"train: {out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be "
+            f"resumed (checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out "
+            "folder or pass resume=False (--no-resume) to start over."
+        )
     fresh = initial_state(config, model, algorithm)
     step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
     if resume and checkpoints.latest_step(ckpt_dir) is not None:

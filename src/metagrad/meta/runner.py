@@ -24,6 +24,7 @@ from metagrad import checkpoints
 from metagrad.files import write_text
 
 CHECKPOINTS = "checkpoints"
+_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
 METRICS = "metrics.jsonl"
 
 
@@ -96,6 +97,12 @@ def run_arms(
     ckpt_dir, metrics_path = out / CHECKPOINTS, out / METRICS
     config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples as lists)
     start = 0
+    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"{out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be resumed "
+            f"(checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out folder or "
+            "start over without --resume."
+        )
     states = {name: arm.init() for name, arm in arms.items()}
     if resume and checkpoints.latest_step(ckpt_dir) is not None:
         saved_config = checkpoints.load_metadata(ckpt_dir).metadata["config"]

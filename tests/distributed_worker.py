@@ -204,10 +204,12 @@ def phase_meshes(out: Path) -> dict[str, float]:
     mesh = distributed.make_mesh((2, 4))
     step = shard_fewshot_meta_step(net, alg, outer, mesh, params="fsdp")
     meta, state, _ = run_steps(step, meta0, outer.init(meta0), [tasks(t) for t in range(2)])
-    checkpoints.save_checkpoint(out / "ckpt.pkl", {"meta": meta, "opt_state": state, "step": 2})
+    # Each of the 8 devices' shards is written as it is (orbax), nothing gathered to the host.
+    assert not meta_is_replicated(meta), "the FSDP meta-parameters should be sharded"
+    checkpoints.save_checkpoint(out / "ckpt", {"meta": meta, "opt_state": state}, step=2)
     meta, state, metrics = run_steps(step, meta, state, [tasks(t) for t in range(2, 4)])
     checkpoints.save_checkpoint(
-        out / "final8.pkl", {"meta": meta, "losses": [m["loss"] for m in metrics]}
+        out / "final8", {"meta": meta, "losses": jnp.stack([m["loss"] for m in metrics])}, step=4
     )
     errors.update(fewshot_trainer(out / "trainer"))
     return errors
@@ -255,11 +257,15 @@ def fewshot_trainer(out: Path) -> dict[str, float]:
     return errors
 
 
+def meta_is_replicated(meta: Any) -> bool:
+    return all(x.sharding.is_fully_replicated for x in jax.tree.leaves(meta))
+
+
 def phase_restore(out: Path) -> dict[str, float]:
     assert jax.device_count() == 2, jax.devices()
-    net, alg, outer, _, tasks = fewshot_setup()
-    ckpt = checkpoints.load_checkpoint(out / "ckpt.pkl")
-    final8 = checkpoints.load_checkpoint(out / "final8.pkl")
+    net, alg, outer, meta0, tasks = fewshot_setup()
+    fresh = {"meta": meta0, "opt_state": outer.init(meta0)}
+    final8 = checkpoints.load_checkpoint(out / "final8").state  # no target: host numpy arrays
     errors: dict[str, float] = {}
     candidates = {
         "2x1-replicate": shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((2, 1))),
@@ -269,13 +275,19 @@ def phase_restore(out: Path) -> dict[str, float]:
         "single-device": make_meta_step(net, alg, outer),
     }
     for name, step in candidates.items():
-        meta, state = ckpt["meta"], ckpt["opt_state"]
-        if name == "single-device":  # the unchanged single-device step takes device arrays
-            meta, state = jax.tree.map(jnp.asarray, (meta, state))
+        # The target gives the structure (Adam's NamedTuples) and the placement: on the 2-device
+        # mesh each device reads its own shards of the 8-device checkpoint; on one device, whole.
+        target = step.plan.put_params(fresh) if hasattr(step, "plan") else fresh
+        ckpt = checkpoints.load_checkpoint(out / "ckpt", target=target)
+        assert ckpt.step == 2
+        meta, state = ckpt.state["meta"], ckpt.state["opt_state"]
+        assert jax.tree.structure(state) == jax.tree.structure(fresh["opt_state"])
+        if name == "1x2-fsdp":
+            assert not meta_is_replicated(meta), "restored onto the 1x2 FSDP shardings"
         meta, _, metrics = run_steps(step, meta, state, [tasks(t) for t in range(2, 4)])
         errors[f"restore-8-on-{name}/meta"] = rel_error(meta, final8["meta"])
         errors[f"restore-8-on-{name}/losses"] = rel_error(
-            [m["loss"] for m in metrics], final8["losses"]
+            np.stack([m["loss"] for m in metrics]), final8["losses"]
         )
     return errors
 
@@ -288,16 +300,19 @@ def phase_multihost(out: Path) -> dict[str, float]:
     step = shard_fewshot_meta_step(net, alg, outer, distributed.make_mesh((2, 2)), params="fsdp")
     meta, state, metrics = run_steps(step, meta0, outer.init(meta0), [tasks(t) for t in range(2)])
     losses = [float(m["loss"]) for m in metrics]  # replicated: readable on every process
-    checkpoints.save_checkpoint(out / "multihost.pkl", {"meta": meta, "losses": losses})
+    # Each process writes its own shards; loading is collective too (every process calls it).
+    checkpoints.save_checkpoint(out / "multihost", {"meta": meta}, step=2)
+    saved = checkpoints.load_checkpoint(out / "multihost")
     if jax.process_index() != 0:
         return {}
+    written = sorted(p.name for p in (out / "multihost" / "2" / "state").glob("ocdbt.process_*"))
+    assert written == ["ocdbt.process_0", "ocdbt.process_1"], written  # each its own shards
     # The reference: the unchanged single-device step on this process's first device.
     ref_meta, _, ref_metrics = run_steps(
         make_meta_step(net, alg, outer), meta0, outer.init(meta0), [tasks(t) for t in range(2)]
     )
-    saved = checkpoints.load_checkpoint(out / "multihost.pkl")
     return {
-        "multihost/2x2-fsdp/meta": rel_error(saved["meta"], ref_meta),
+        "multihost/2x2-fsdp/meta": rel_error(saved.state["meta"], ref_meta),
         "multihost/2x2-fsdp/losses": rel_error(losses, [m["loss"] for m in ref_metrics]),
     }
 

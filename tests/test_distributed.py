@@ -212,8 +212,8 @@ def test_one_device_mesh_matches_meta_train_step_style_step(tmp_path):
     b = sharded(meta, outer.init(meta), **data)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6)
-    checkpoints.save_checkpoint(tmp_path / "c.pkl", {"meta": b[0]})
-    restored = checkpoints.load_checkpoint(tmp_path / "c.pkl")
+    checkpoints.save_checkpoint(tmp_path / "c", {"meta": b[0]}, step=1)
+    restored = checkpoints.load_checkpoint(tmp_path / "c").state
     assert isinstance(restored["meta"]["p"], np.ndarray)
     np.testing.assert_array_equal(restored["meta"]["p"], b[0]["p"])
     assert distributed.bytes_per_device(b[0]) == 5 * 4

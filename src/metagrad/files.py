@@ -1,14 +1,14 @@
 """Files that survive a crash: every write goes to a temporary file that is renamed into place.
 
 ``os.replace`` is atomic on POSIX and Windows, so a kill at any moment leaves either the old file or
-the new one, never half of one. Checkpoints, JSON reports and metric logs all go through here.
+the new one, never half of one. JSON reports, metric logs and dataset caches go through here
+(checkpoints go through :mod:`metagrad.checkpoints`, which uses orbax).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -65,11 +65,6 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
     """Writes arrays to a compressed ``.npz`` file atomically (dataset caches)."""
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
-
-
-def write_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Pickles ``obj`` atomically (checkpoints: host numpy arrays and plain Python values)."""
-    return atomic_write(path, lambda f: pickle.dump(obj, f), binary=True)
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:

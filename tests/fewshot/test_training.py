@@ -2,13 +2,22 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
+from metagrad.checkpoints import checkpoint_steps
 from metagrad.cli import main
 from metagrad.data import ClassDataset, Splits
 from metagrad.fewshot.report import write_report
-from metagrad.fewshot.training import CHECKPOINT, TrainConfig, load_checkpoint, train
+from metagrad.fewshot.training import (
+    CHECKPOINTS,
+    TrainConfig,
+    load_run_state,
+    make_model,
+    read_config,
+    train,
+)
 
 
 def _splits():
@@ -50,13 +59,17 @@ def test_resume_after_kill_gives_the_same_metrics(tmp_path):
     killed = train(CONFIG, tmp_path / "b", splits=splits, show_progress=False, stop_after=5)
     assert killed["killed"]
     assert len(_metrics(tmp_path / "b" / "metrics.jsonl")) > 0
-    train(CONFIG, tmp_path / "b", splits=splits, show_progress=False)
+    resumed = train(CONFIG, tmp_path / "b", splits=splits, show_progress=False)
     a, b = _metrics(tmp_path / "a" / "metrics.jsonl"), _metrics(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in a] == [1, 2, 3, 3, 4, 5, 6, 6]
     assert a == b
     # The checkpoint rebuilds the configuration (eval / select read it back).
-    state = load_checkpoint(tmp_path / "b" / CHECKPOINT)
-    assert TrainConfig(**state["config"]) == CONFIG and int(state["step"]) == 6
+    assert read_config(tmp_path / "b") == (CONFIG, 6)
+    assert checkpoint_steps(tmp_path / "b" / CHECKPOINTS) == [4, 6]  # the last two are kept
+    # eval / select restore the meta-parameters into the freshly initialised structure.
+    meta = load_run_state(tmp_path / "b", CONFIG, make_model(CONFIG, splits)).state["meta"]
+    for x, y in zip(jax.tree.leaves(meta), jax.tree.leaves(resumed["meta"]), strict=True):
+        np.testing.assert_array_equal(x, y)
     # The run folder's Markdown report: settings, training summary and the validation table.
     report = write_report(tmp_path / "b").read_text()
     assert "## Training" in report and "| meta_batch | 2 |" in report
@@ -75,6 +88,11 @@ def test_resume_refuses_another_configuration(tmp_path):
     other = TrainConfig(**{**small.__dict__, "inner_lr": 0.1})
     with pytest.raises(ValueError, match="different configuration"):
         train(other, tmp_path, splits=splits, show_progress=False)
+    # A run folder of an older metagrad (checkpoint.pkl) is not silently started over.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pkl").write_bytes(b"")
+    with pytest.raises(ValueError, match="older metagrad.*--no-resume"):
+        train(small, tmp_path / "old", splits=splits, show_progress=False)
 
 
 @pytest.mark.parametrize(

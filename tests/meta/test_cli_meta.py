@@ -21,7 +21,7 @@ def test_reweight_quick_writes_json_report_and_plots(tmp_path, monkeypatch):
     assert set(payload["final"]) == {"uniform", "oracle", "learned"}
     assert 0.0 <= payload["auc"] <= 1.0 and payload["inner_steps"] == 6
     assert payload["memory"] == []
-    for name in ("report.md", "validation.png", "weights.png", "metrics.jsonl", "checkpoint.pkl",
+    for name in ("report.md", "validation.png", "weights.png", "metrics.jsonl", "checkpoints",
                  "reweight.json", "weights.npz"):  # fmt: skip
         assert (out / name).exists(), name
     assert (out / "validation.png").read_bytes()[:4] == b"\x89PNG"

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     fewshot = subparsers.add_parser("fewshot", help="few-shot meta-learning (MAML family)")
     sub = fewshot.add_subparsers(dest="fewshot_command", metavar="COMMAND")
     sub.required = True
-    t = sub.add_parser("train", help="meta-train (resumes from OUT/checkpoint.pkl)")
+    t = sub.add_parser("train", help="meta-train (resumes from OUT/checkpoints)")
     _add_common(t)
     t.add_argument("--test-steps", type=int, help="inner steps at validation/test time")
     t.add_argument("--val-every", type=int, default=200)
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     add_distributed_arguments(t)
     t.set_defaults(func=run_train)
     e = sub.add_parser("eval", help="test accuracy ± 95%% CI of a trained run (OUT)")
-    e.add_argument("--out", type=Path, required=True, help="run folder with checkpoint.pkl")
+    e.add_argument("--out", type=Path, required=True, help="run folder with checkpoints/")
     e.add_argument("--tasks", type=int, default=600)
     e.add_argument("--split", default="test", help="test or val")
     e.add_argument("--test-steps", type=int, help="inner steps (default: the run's)")
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", type=Path)
     e.set_defaults(func=run_eval)
     s = sub.add_parser("select", help="select the fastest pattern within --threshold of full")
-    s.add_argument("--out", type=Path, required=True, help="run folder with checkpoint.pkl")
+    s.add_argument("--out", type=Path, required=True, help="run folder with checkpoints/")
     s.add_argument("--threshold", type=float, default=1.0, help="ε in accuracy points")
     s.add_argument("--tasks", type=int, default=600)
     s.add_argument("--search", default="auto", help="auto, exhaustive or halving")
@@ -150,23 +150,30 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
     from metagrad.fewshot.training import (
-        CHECKPOINT,
-        TrainConfig,
-        load_checkpoint,
+        CHECKPOINTS,
+        load_run_state,
         load_splits,
         make_model,
+        read_config,
     )
 
-    path = out / CHECKPOINT
-    if not path.exists():
+    if not (out / CHECKPOINTS).exists():
         raise _fail(
             command,
-            f"--out {out}: no {CHECKPOINT} there; run `metagrad fewshot train --out {out}` first.",
+            f"--out {out}: no {CHECKPOINTS}/ there; run `metagrad fewshot train --out {out}` "
+            "first.",
         )
-    state = load_checkpoint(path)
-    config = TrainConfig(**state["config"])
+    try:
+        config, _ = read_config(out)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(command, f"--out {out}: {err}") from None
     splits = load_splits(config)
-    return config, splits, make_model(config, splits), state["meta"]
+    model = make_model(config, splits)
+    try:
+        meta = load_run_state(out, config, model).state["meta"]
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(command, f"--out {out}: {err}") from None
+    return config, splits, model, meta
 
 
 def run_eval(args: argparse.Namespace) -> int:

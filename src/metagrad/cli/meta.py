@@ -3,7 +3,7 @@
 * ``metagrad meta reweight``: learned data weighting with a fraction of corrupted sequences.
 * ``metagrad meta lr``: learned per-layer learning rates against a grid of fixed ones.
 
-Both write ``metrics.jsonl``, ``checkpoint.pkl`` (resume with ``--resume``), ``report.md`` and PNG
+Both write ``metrics.jsonl``, ``checkpoints/`` (resume with ``--resume``), ``report.md`` and PNG
 plots to ``--out``, the figures to ``--json``, and a memory report per differentiation mode.
 """
 
@@ -58,7 +58,7 @@ def _add_common(p: argparse.ArgumentParser, out: str) -> None:
         "--no-memory-report", action="store_true", help="skip the compiled-memory report"
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pkl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     p.add_argument("--json", type=Path, help="write the figures to this JSON file")
     p.add_argument("--out", type=Path, default=Path(out), help="run folder (default %(default)s)")
 
@@ -141,8 +141,10 @@ def _load(command: str, prepare: Any, config: Any) -> Any:
 def _announce(args: argparse.Namespace) -> None:
     """Says whether the run continues or starts over (a new run overwrites OUT's metrics)."""
     from metagrad.bench.report import console
+    from metagrad.checkpoints import latest_step
+    from metagrad.meta.runner import CHECKPOINTS
 
-    exists = (args.out / "checkpoint.pkl").exists()
+    exists = latest_step(args.out / CHECKPOINTS) is not None
     if args.resume and not exists:
         console.print(f"--resume: no checkpoint in {args.out}; starting a new run")
     elif exists and not args.resume:

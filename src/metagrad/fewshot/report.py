@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metagrad import markdown
+from metagrad import checkpoints, markdown
 from metagrad.files import write_text
 
 REPORT = "report.md"
@@ -51,11 +51,10 @@ def _config(run_dir: Path) -> dict[str, Any]:
         path = run_dir / name
         if path.exists():
             return json.loads(path.read_text()).get("config", {})
-    checkpoint = run_dir / "checkpoint.pkl"
-    if checkpoint.exists():  # a run trained from Python (no CLI JSON): the checkpoint has it
-        from metagrad.fewshot.training import load_checkpoint
-
-        return dict(load_checkpoint(checkpoint)["config"])
+    checkpoint_dir = run_dir / "checkpoints"
+    if checkpoints.latest_step(checkpoint_dir) is not None:
+        # A run trained from Python (no CLI JSON): the checkpoint's metadata has it.
+        return dict(checkpoints.load_metadata(checkpoint_dir).metadata["config"])
     return {}
 
 

@@ -31,7 +31,8 @@ from metagrad.files import save_figure, write_text
 from metagrad.models import Conv4
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINTS = "checkpoints"
+_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
 METRICS = "metrics.jsonl"
 
 
@@ -140,36 +141,48 @@ def _meta_step(
     return shard_fewshot_meta_step(model, algorithm, optax.adam(outer_lr), mesh, params=params)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Writes ``state`` atomically as host numpy arrays and plain Python values.
+def initial_state(
+    config: TrainConfig, model: Conv4, algorithm: Algorithm | None = None
+) -> dict[str, Any]:
+    """The run's state at step 0: ``{"meta": ..., "opt_state": ...}`` (Adam of the meta-parameters).
 
-    Sharded arrays are gathered first, so a checkpoint of a run on 8 devices resumes on 1 (or any
-    other count). With several processes every process calls this and process 0 writes.
+    It is also the structure of a checkpoint: :func:`load_run_state` restores into it.
     """
-    checkpoints.save_checkpoint(path, state)
+    algorithm = algorithm if algorithm is not None else config.make_algorithm()
+    meta = algorithm.init_meta(model.init(jax.random.PRNGKey(config.seed)))
+    return {"meta": meta, "opt_state": optax.adam(config.outer_lr).init(meta)}
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads a checkpoint written by :func:`save_checkpoint`.
+def read_config(out: str | os.PathLike[str]) -> tuple[TrainConfig, int]:
+    """The configuration and step of a run's newest checkpoint (``out/checkpoints``), without
+    reading its arrays.
 
-    Checkpoints written before the configuration was kept as plain Python values hold it as 0-d
-    numpy arrays; they are converted back (``TrainConfig(**state["config"])`` then works).
+    Raises:
+      FileNotFoundError: when ``out`` holds no checkpoint; ValueError: when none can be read.
     """
-    state = checkpoints.load_checkpoint(path)
-    state["config"] = {k: _plain(v) for k, v in state["config"].items()}
-    return state
+    saved = checkpoints.load_metadata(Path(out) / CHECKPOINTS)
+    return TrainConfig(**saved.metadata["config"]), saved.step
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    return value
+def load_run_state(
+    out: str | os.PathLike[str], config: TrainConfig, model: Conv4
+) -> checkpoints.Checkpoint:
+    """Restores a run's newest readable checkpoint into :func:`initial_state`'s structure."""
+    target = initial_state(config, model)
+    return checkpoints.load_checkpoint(Path(out) / CHECKPOINTS, target=target)
 
 
 # Fields that may change between a run and its continuation: more iterations extend a run (the
 # meta-batch of step t depends on (seed, t) only and the outer optimiser has no schedule), and the
 # periods of validation and checkpoints do not change the trajectory.
 _EXTENSIBLE = ("iterations", "val_every", "val_tasks", "checkpoint_every")
+
+
+def _placed(step_fn: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` on the step's mesh when it has one (a restore then reads only each process's
+    shards), else as it is."""
+    plan = getattr(step_fn, "plan", None)
+    return plan.put_params(state) if plan is not None else state
 
 
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
@@ -198,11 +211,15 @@ def train(
     mesh: Mesh | None = None,
     params: str = "replicate",
 ) -> dict[str, Any]:
-    """Meta-trains, resuming from ``out/checkpoint.pkl`` when it exists.
+    """Meta-trains, resuming from the newest checkpoint in ``out/checkpoints`` when there is one.
+
+    Checkpoints (``metagrad.checkpoints``: orbax, the last two kept) hold the meta-parameters and
+    the outer optimiser state; with a mesh each process writes its own shards. If the newest
+    checkpoint is damaged, the run resumes from the one before (with a warning).
 
     Args:
       config: the run.
-      out: output folder (checkpoint, ``metrics.jsonl``).
+      out: output folder (``checkpoints/``, ``metrics.jsonl``).
       splits: datasets (default: loaded from ``config``).
       resume: continue from an existing checkpoint (else start over and overwrite).
       show_progress: rich progress bar on stderr.
@@ -222,45 +239,55 @@ def train(
     splits = splits if splits is not None else load_splits(config)
     model = make_model(config, splits)
     algorithm = config.make_algorithm()
-    outer = optax.adam(config.outer_lr)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    ckpt_dir, metrics_path = out / CHECKPOINTS, out / METRICS
     # With several processes (hosts) they all compute every step; process 0 alone writes files.
     primary = jax.process_index() == 0
     start = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if _resumable(state["config"]) != _resumable(dataclasses.asdict(config)):
+    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"train: {out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be "
+            f"resumed (checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out "
+            "folder or pass resume=False (--no-resume) to start over."
+        )
+    fresh = initial_state(config, model, algorithm)
+    step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
+    if resume and checkpoints.latest_step(ckpt_dir) is not None:
+        saved_config = checkpoints.load_metadata(ckpt_dir).metadata["config"]
+        if _resumable(saved_config) != _resumable(dataclasses.asdict(config)):
             raise ValueError(
-                f"train: {ckpt_path} was written by a different configuration; use another --out "
+                f"train: {ckpt_dir} was written by a different configuration; use another --out "
                 "folder or pass resume=False (--no-resume) to start over."
             )
-        if int(state["step"]) > config.iterations:
+        # The configuration first: another configuration may have another state structure.
+        saved = checkpoints.load_checkpoint(ckpt_dir, target=_placed(step_fn, fresh))
+        if saved.step > config.iterations:
             raise ValueError(
-                f"train: {ckpt_path} is at step {state['step']}, beyond iterations="
+                f"train: {ckpt_dir} is at step {saved.step}, beyond iterations="
                 f"{config.iterations}; pass more iterations or another --out folder."
             )
-        meta, opt_state, start = state["meta"], state["opt_state"], int(state["step"])
+        meta, opt_state, start = saved.state["meta"], saved.state["opt_state"], saved.step
         if primary:
             _truncate_metrics(metrics_path, start)
     else:
-        meta = algorithm.init_meta(model.init(jax.random.PRNGKey(config.seed)))
-        opt_state = outer.init(meta)
+        meta, opt_state = fresh["meta"], fresh["opt_state"]
         if primary:
             metrics_path.unlink(missing_ok=True)
-    step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
     last: dict[str, Any] = {}
     val: dict[str, Any] = {}
 
+    saved_step = start if start else None
+
     def checkpoint(step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "step": step,
-                "meta": meta,
-                "opt_state": opt_state,
-                "config": dataclasses.asdict(config),
-            },
+        nonlocal saved_step
+        if step == saved_step:  # the final checkpoint falls on a periodic one
+            return
+        checkpoints.save_checkpoint(
+            ckpt_dir,
+            {"meta": meta, "opt_state": opt_state},
+            step=step,
+            metadata={"config": dataclasses.asdict(config)},
         )
+        saved_step = step
 
     from metagrad.progress import progress_bar  # rich; imported lazily
 

@@ -15,18 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
+from metagrad import checkpoints
+from metagrad.files import write_text
 
-from metagrad.files import write_pickle, write_text
-
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINTS = "checkpoints"
+_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
 METRICS = "metrics.jsonl"
 
 
@@ -44,18 +42,6 @@ class Arm:
     init: Callable[[], Any]
     advance: Callable[[Any, int], tuple[Any, dict[str, float]]]
     evaluate: Callable[[Any], dict[str, float]]
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Pickles ``state`` atomically with every array on the host (numpy)."""
-    write_pickle(path, jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x,
-                                    state))  # fmt: skip
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads a checkpoint written by :func:`save_checkpoint`."""
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -92,11 +78,12 @@ def run_arms(
       arms: the arms by name (the order is the order of the log lines).
       config: the run's configuration (JSON-ready); stored in the checkpoint, and a resumed run
         must match it except for the ``extensible`` fields.
-      out: output folder (``checkpoint.pkl``, ``metrics.jsonl``).
+      out: output folder (``checkpoints/``, ``metrics.jsonl``).
       steps: number of steps (windows).
       eval_every: evaluate every arm every this many steps (and at step 0 and at the end).
       checkpoint_every: checkpoint period in steps (0: only at the end).
-      resume: continue from ``out/checkpoint.pkl`` if it exists (else start over).
+      resume: continue from the newest checkpoint in ``out/checkpoints`` if there is one (else
+        start over). A damaged newest checkpoint falls back to the one before (with a warning).
       show_progress: rich progress bar on stderr.
       stop_after: stop after this step without a final checkpoint (simulates a kill; tests).
       title: the progress bar's label.
@@ -107,36 +94,47 @@ def run_arms(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    ckpt_dir, metrics_path = out / CHECKPOINTS, out / METRICS
+    config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples as lists)
     start = 0
-    if resume and ckpt_path.exists():
-        saved = load_checkpoint(ckpt_path)
+    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"{out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be resumed "
+            f"(checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out folder or "
+            "start over without --resume."
+        )
+    states = {name: arm.init() for name, arm in arms.items()}
+    if resume and checkpoints.latest_step(ckpt_dir) is not None:
+        saved_config = checkpoints.load_metadata(ckpt_dir).metadata["config"]
 
         def fixed(c: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in c.items() if k not in extensible}
 
-        if fixed(saved["config"]) != fixed(config):
+        if fixed(saved_config) != fixed(config):
             diff = sorted(
-                k for k in set(config) | set(saved["config"])
-                if k not in extensible and config.get(k) != saved["config"].get(k)
+                k for k in set(config) | set(saved_config)
+                if k not in extensible and config.get(k) != saved_config.get(k)
             )  # fmt: skip
             raise ValueError(
-                f"{ckpt_path} was written by a different configuration (differs in: "
+                f"{ckpt_dir} was written by a different configuration (differs in: "
                 f"{', '.join(diff)}); use another --out folder or start over without --resume."
             )
-        if int(saved["step"]) > steps:
+        # The configuration first: another configuration may have another state structure.
+        saved = checkpoints.load_checkpoint(ckpt_dir, target={"states": states})
+        if saved.step > steps:
             raise ValueError(
-                f"{ckpt_path} is at step {saved['step']}, beyond steps={steps}; pass more steps "
+                f"{ckpt_dir} is at step {saved.step}, beyond steps={steps}; pass more steps "
                 "or another --out folder."
             )
-        states, start = saved["states"], int(saved["step"])
+        states, start = saved.state["states"], saved.step
         _truncate_metrics(metrics_path, start)
     else:
-        states = {name: arm.init() for name, arm in arms.items()}
         metrics_path.unlink(missing_ok=True)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {"step": step, "states": states, "config": config})
+        checkpoints.save_checkpoint(
+            ckpt_dir, {"states": states}, step=step, metadata={"config": config}
+        )
 
     def log_eval(log: Any, step: int) -> dict[str, Any]:
         figures = {}

@@ -198,9 +198,8 @@ def check_meta_gradient(
     # A change that does not shrink with the perturbation is a jump (an activation kink crossed),
     # not an amplification: within its smooth piece the meta-gradient is as sensitive as the
     # small-delta figure says.
-    jump = bool(np.isfinite(ref.small_delta_sensitivity)) and (
-        ref.small_delta_sensitivity <= max_sensitivity
-    )
+    small = ref.small_delta_sensitivity
+    jump = bool(np.isfinite(small)) and small <= max_sensitivity and small <= 0.1 * sensitivity
     smooth_sensitivity = ref.small_delta_sensitivity if jump else sensitivity
     traj = {}
     if trajectory is not None:

@@ -279,7 +279,7 @@ def run_learning_rates(
 
     Args:
       config: the run.
-      out: output folder (``checkpoint.pkl``, ``metrics.jsonl``).
+      out: output folder (``checkpoints/``, ``metrics.jsonl``).
       data: the prepared data (default: :func:`prepare_data`).
       resume: continue from an existing checkpoint.
       show_progress: rich progress bars on stderr.

@@ -326,11 +326,11 @@ def run_reweight(
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Trains the three arms (resuming from ``out/checkpoint.pkl`` with ``resume``) and summarises.
+    """Trains the three arms (resuming from ``out/checkpoints/`` with ``resume``) and summarises.
 
     Args:
       config: the run.
-      out: output folder (``checkpoint.pkl``, ``metrics.jsonl``).
+      out: output folder (``checkpoints/``, ``metrics.jsonl``).
       data: the prepared data (default: :func:`prepare_data`).
       resume: continue from an existing checkpoint.
       show_progress: rich progress bars on stderr.

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metagrad.autodiff import MODES
 from metagrad.meta.lm_task import (
     LMSpec,
     count_params,
@@ -43,6 +42,7 @@ from metagrad.meta.lm_task import (
     load_corpus,
     mean_loss,
     outer_indices,
+    validate_run_config,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
@@ -93,24 +93,9 @@ class LRConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(float(x) for x in self.grid))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
+        validate_run_config(self, positive_or_none=("init_lr", "meta_lr"))
         if not self.grid or any(not lr > 0 for lr in self.grid):
             raise ValueError(f"grid must be positive learning rates; got {self.grid!r}.")
-        for name in ("steps", "meta_steps", "batch", "outer_batch", "width", "depth", "heads",
-                     "seq", "eval_sequences"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
-        if self.seq < 2:
-            raise ValueError(f"seq must be >= 2 (an input byte and a target); got {self.seq}.")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
-        for name in ("init_lr", "meta_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0; got {value!r}.")
 
     @property
     def spec(self) -> LMSpec:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metagrad.autodiff import MODES
 from metagrad.data.text import TextConfig, TextDataset, load_stdlib_text, load_text
 from metagrad.models import DecoderLM
 
@@ -40,6 +41,42 @@ class LMSpec:
         return DecoderLM(
             vocab_size=256, width=self.width, depth=self.depth, heads=self.heads, max_len=self.seq
         )
+
+
+RUN_SIZES = ("steps", "meta_steps", "batch", "outer_batch", "width", "depth", "heads", "seq",
+             "eval_sequences")  # fmt: skip
+"""The positive integer fields every online meta-learning run has."""
+
+
+def validate_run_config(
+    config: Any, *, positive_ints: tuple[str, ...] = (), positive_or_none: tuple[str, ...] = ()
+) -> None:
+    """Checks the fields every online meta-learning configuration shares (mode, sizes,
+    evaluation and checkpoint intervals) and the named extra ones.
+
+    Args:
+      config: a run configuration (``ReweightConfig``, ``LRConfig``).
+      positive_ints: fields beyond ``RUN_SIZES`` that must be positive ints.
+      positive_or_none: fields that must be ``None`` or > 0 (learning rates).
+
+    Raises:
+      ValueError: naming the field, what was expected and the value received.
+    """
+    if config.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}.")
+    for name in (*RUN_SIZES, *positive_ints):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    if config.seq < 2:
+        raise ValueError(f"seq must be >= 2 (an input byte and a target); got {config.seq}.")
+    for name in ("eval_every", "checkpoint_every"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0; got {getattr(config, name)!r}.")
+    for name in positive_or_none:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value!r}.")
 
 
 def load_corpus(text: str | None, seq: int, *, progress: bool = True) -> TextDataset:

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metagrad.autodiff import MODES
 from metagrad.data.text import stdlib_prose
 from metagrad.meta.auc import roc_auc
 from metagrad.meta.corruption import CORRUPTIONS, corrupt
@@ -44,6 +43,7 @@ from metagrad.meta.lm_task import (
     mean_loss,
     outer_indices,
     sequence_losses,
+    validate_run_config,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
@@ -115,24 +115,13 @@ class ReweightConfig:
             raise ValueError(
                 f"weights must be one of {', '.join(WEIGHTINGS)}; got {self.weights!r}."
             )
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
+        validate_run_config(
+            self,
+            positive_ints=("train_sequences", "scorer_hidden"),
+            positive_or_none=("lr", "meta_lr"),
+        )
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1); got {self.fraction!r}.")
-        for name in ("steps", "meta_steps", "batch", "outer_batch", "train_sequences", "width",
-                     "depth", "heads", "seq", "eval_sequences", "scorer_hidden"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
-        if self.seq < 2:
-            raise ValueError(f"seq must be >= 2 (an input byte and a target); got {self.seq}.")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
-        for name in ("lr", "meta_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0; got {value!r}.")
 
     @property
     def spec(self) -> LMSpec:

@@ -22,3 +22,20 @@ def x64():
     """Runs the test with 64-bit floats (derivative comparisons need them)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv)``: runs ``metagrad argv``, expects it to exit, returns what it said.
+
+    A flag refused when parsed exits with argparse's message on stderr (status 2); a value refused
+    by a command exits with a ``SystemExit`` message. Both are returned, with the status.
+    """
+    from metagrad.cli import main
+
+    def run(argv):
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        return f"status {err.value.code}: {err.value}\n{capsys.readouterr().err}"
+
+    return run

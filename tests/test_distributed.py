@@ -165,7 +165,7 @@ def test_errors_name_the_argument():
         distributed.shard_meta_train_step(lambda m: m, optax.sgd(0.1), mesh)
 
 
-def test_command_line_flags():
+def test_command_line_flags(capsys):
     parser = argparse.ArgumentParser()
     distributed_args.add_arguments(parser)
     args = parser.parse_args(["--mesh", "1x-1", "--params", "fsdp"])
@@ -175,8 +175,9 @@ def test_command_line_flags():
         distributed_args.mesh_from_args(parser.parse_args(["--mesh", "4"]))
     with pytest.raises(SystemExit, match="--meta-batch 6 must be a multiple of every device"):
         main(["bench", "scale", "--devices", "1,4", "--meta-batch", "6"])
-    with pytest.raises(SystemExit, match="--devices must be a positive number"):
+    with pytest.raises(SystemExit):
         main(["fewshot", "train", "--out", "unused", "--devices", "0"])
+    assert "argument --devices: must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"devices=99 but {jax.device_count()} are available"):
         main(["fewshot", "train", "--out", "unused", "--devices", "99"])
     with pytest.raises(SystemExit, match="--strategies takes a comma-separated subset"):

@@ -16,6 +16,8 @@ Public API:
   check, check_meta_gradient, CheckReport
                          is a meta-gradient exact (float32 vs a float64 reference) and
                          well-conditioned (sensitivity), and if not, why
+  NonFiniteError, raise_if_nonfinite
+                         stop a training loop on a NaN/inf loss or meta-gradient, naming where
   EPS_ROOT               ε inside Adam's square root for inner loops that are differentiated through
   MODES                  the differentiation strategies
 """
@@ -24,6 +26,7 @@ from metagrad.autodiff import MODES, grad, value_and_grad
 from metagrad.bilevel import Bilevel, InnerResult, meta_train_step
 from metagrad.diagnostics import CheckReport, check, check_meta_gradient
 from metagrad.memory import CompiledCost, compiled_cost
+from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
 from metagrad.reversible import (
     ReversibleState,
     buffer_limbs,
@@ -43,6 +46,7 @@ __all__ = [
     "CheckReport",
     "CompiledCost",
     "InnerResult",
+    "NonFiniteError",
     "ReversibleState",
     "buffer_limbs",
     "check",
@@ -51,6 +55,7 @@ __all__ = [
     "grad",
     "meta_train_step",
     "plan_unroll",
+    "raise_if_nonfinite",
     "reversible_forward",
     "reversible_momentum_sgd",
     "reversible_reverse",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias, overload
+from typing import Any, Literal, NamedTuple, Required, TypeAlias, TypedDict, Unpack, overload
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from metagrad.autodiff import validate_mode, value_and_grad
+from metagrad.nonfinite import all_finite
 from metagrad.schedules import Schedule, segment_lengths
 from metagrad.unrolling import unroll
 
@@ -40,6 +41,16 @@ Loss = Callable[[Params, Meta, Batch], jax.Array]
 OptimizerSpec: TypeAlias = (
     optax.GradientTransformation | Callable[[Meta], optax.GradientTransformation]
 )
+
+
+class BilevelData(TypedDict, total=False):
+    """The data keyword arguments of ``Bilevel.value_and_grad`` (for type checkers)."""
+
+    outer_batch: Required[Batch]
+    params: Params | None
+    inner_batches: Batch | None
+    inner_batch: Batch | None
+    opt_state: Any
 
 
 class InnerResult(NamedTuple):
@@ -329,43 +340,20 @@ class Bilevel:
         """
         return self._outer(meta, outer_batch, params, inner_batches, inner_batch, opt_state)[0]
 
+    # The overloads only narrow the return type; the keyword arguments are the implementation's.
     @overload
     def value_and_grad(
-        self,
-        meta: Meta,
-        *,
-        outer_batch: Batch,
-        params: Params | None = None,
-        inner_batches: Batch | None = None,
-        inner_batch: Batch | None = None,
-        opt_state: Any = None,
-        return_inner: Literal[False] = False,
+        self, meta: Meta, *, return_inner: Literal[False] = False, **data: Unpack[BilevelData]
     ) -> tuple[jax.Array, Meta]: ...
 
     @overload
     def value_and_grad(
-        self,
-        meta: Meta,
-        *,
-        outer_batch: Batch,
-        params: Params | None = None,
-        inner_batches: Batch | None = None,
-        inner_batch: Batch | None = None,
-        opt_state: Any = None,
-        return_inner: Literal[True],
+        self, meta: Meta, *, return_inner: Literal[True], **data: Unpack[BilevelData]
     ) -> tuple[jax.Array, Meta, InnerResult]: ...
 
     @overload
     def value_and_grad(
-        self,
-        meta: Meta,
-        *,
-        outer_batch: Batch,
-        params: Params | None = None,
-        inner_batches: Batch | None = None,
-        inner_batch: Batch | None = None,
-        opt_state: Any = None,
-        return_inner: bool = False,
+        self, meta: Meta, *, return_inner: bool, **data: Unpack[BilevelData]
     ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]: ...
 
     def value_and_grad(
@@ -466,6 +454,7 @@ def meta_train_step(
     has_aux: bool = False,
     return_inner: bool = False,
     return_grad: bool = False,
+    skip_nonfinite: bool = True,
     jit: bool = True,
 ) -> Callable[..., tuple[Any, ...]]:
     """The one jitted meta-training step: meta-gradient, then an update with ``outer_optimizer``.
@@ -481,7 +470,11 @@ def meta_train_step(
       has_aux: ``objective`` (a function) returns ``(value, aux)``.
       return_inner: for a ``Bilevel``: also return its ``InnerResult`` (adapted parameters and
         optimiser state) as the auxiliary output, e.g. to continue training from it.
-      return_grad: also return the meta-gradient (last), e.g. to log its norm.
+      return_grad: also return the meta-gradient (last), e.g. to log its norm, or to name its
+        non-finite leaves (``metagrad.nonfinite.raise_if_nonfinite``).
+      skip_nonfinite: a step whose value or meta-gradient has a NaN or infinity is not applied:
+        the meta-parameters and optimiser state come back unchanged (default). The value (and
+        the meta-gradient) are returned as they are, so that the caller sees what happened.
       jit: return the step jitted (default). ``False`` returns the plain function, for a caller
         that jits it itself, e.g. with shardings (``metagrad.distributed``).
 
@@ -494,30 +487,25 @@ def meta_train_step(
       Initialise ``outer_state`` with ``outer_optimizer.init(meta)``.
 
     Examples:
-      Three outer Adam steps on the per-example weights of the ``Bilevel`` example:
+      MAML on a linear regression: the initial parameters are the meta-parameters, learned
+      through two inner SGD steps by three outer SGD steps.
 
-      >>> import jax, jax.numpy as jnp, optax
+      >>> import jax.numpy as jnp, optax
       >>> import metagrad
-      >>> def per_example_loss(p, batch):
-      ...     x, y = batch
-      ...     return (x @ p - y) ** 2
-      >>> problem = metagrad.Bilevel(
-      ...     inner_loss=lambda p, w, b: jnp.mean(jax.nn.sigmoid(w) * per_example_loss(p, b)),
-      ...     outer_loss=lambda p, w, b: jnp.mean(per_example_loss(p, b)),
-      ...     inner_optimizer=optax.sgd(0.1),
-      ...     steps=3,
-      ... )
       >>> batch = (jnp.arange(12.0).reshape(4, 3) / 10, jnp.array([1.0, 0.0, -1.0, 0.5]))
-      >>> outer_optimizer = optax.adam(1e-2)
+      >>> mse = lambda p, theta0, b: jnp.mean((b[0] @ p - b[1]) ** 2)
+      >>> problem = metagrad.Bilevel(
+      ...     inner_loss=mse, outer_loss=mse, inner_optimizer=optax.sgd(0.1), steps=2,
+      ...     init_params=lambda theta0: theta0,
+      ... )
+      >>> outer_optimizer = optax.sgd(0.5)
       >>> step = metagrad.meta_train_step(problem, outer_optimizer)
-      >>> weights = jnp.zeros(4)
-      >>> state = outer_optimizer.init(weights)
+      >>> theta0 = jnp.zeros(3)
+      >>> state = outer_optimizer.init(theta0)
       >>> for _ in range(3):
-      ...     weights, state, value = step(
-      ...         weights, state, params=jnp.zeros(3), inner_batch=batch, outer_batch=batch
-      ...     )
+      ...     theta0, state, value = step(theta0, state, inner_batch=batch, outer_batch=batch)
       >>> round(float(value), 4)
-      0.5614
+      0.5589
     """
     if isinstance(objective, Bilevel):
         if has_aux:
@@ -549,8 +537,17 @@ def meta_train_step(
 
     def step(meta: Meta, outer_state: Any, **data: Any) -> tuple[Any, ...]:
         out, meta_grad = value_and_grad(meta, **data)
-        updates, outer_state = outer_optimizer.update(meta_grad, outer_state, meta)
+        updates, new_state = outer_optimizer.update(meta_grad, outer_state, meta)
         new_meta = optax.apply_updates(meta, updates)
+        if skip_nonfinite:
+            # One NaN would otherwise spread to every meta-parameter and the optimiser's moments.
+            finite = all_finite((out[0] if with_aux else out, meta_grad))
+            new_meta, new_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (new_meta, new_state),
+                (meta, outer_state),
+            )
+        outer_state = new_state
         head = (new_meta, outer_state, *out) if with_aux else (new_meta, outer_state, out)
         return (*head, meta_grad) if return_grad else head
 

@@ -238,7 +238,7 @@ def _restore(directory: Path, *, target: PyTree, step: int | None, arrays: bool)
     raise ValueError(
         f"{directory}: no checkpoint could be read ({'; '.join(failures)}). If the run's state "
         "changed shape (another configuration or model), use another folder; otherwise the "
-        f"files are damaged: delete {directory} to start the run over."
+        "files are damaged."
     )
 
 

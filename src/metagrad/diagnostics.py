@@ -356,22 +356,20 @@ def check(
       A ``CheckReport``.
 
     Examples:
-      A tiny problem: per-example loss weights through three SGD steps.
+      A learned learning rate of four inner Adam steps (ε inside the root, as it must be):
 
-      >>> import jax, jax.numpy as jnp, optax
+      >>> import jax.numpy as jnp, optax
       >>> import metagrad
-      >>> def per_example_loss(p, batch):
-      ...     x, y = batch
-      ...     return (x @ p - y) ** 2
-      >>> problem = metagrad.Bilevel(
-      ...     inner_loss=lambda p, w, b: jnp.mean(jax.nn.sigmoid(w) * per_example_loss(p, b)),
-      ...     outer_loss=lambda p, w, b: jnp.mean(per_example_loss(p, b)),
-      ...     inner_optimizer=optax.sgd(0.1),
-      ...     steps=3,
-      ... )
       >>> batch = (jnp.arange(12.0).reshape(4, 3) / 10, jnp.array([1.0, 0.0, -1.0, 0.5]))
+      >>> problem = metagrad.Bilevel(
+      ...     inner_loss=lambda p, lr, b: jnp.mean((b[0] @ p - b[1]) ** 2),
+      ...     outer_loss=lambda p, lr, b: jnp.mean((b[0] @ p - b[1]) ** 2),
+      ...     inner_optimizer=lambda lr: optax.adam(lr, eps_root=metagrad.EPS_ROOT),
+      ...     steps=4,
+      ... )
       >>> report = metagrad.check(
-      ...     problem, jnp.zeros(4), params=jnp.full(3, 0.1), inner_batch=batch, outer_batch=batch
+      ...     problem, jnp.asarray(0.05), params=jnp.full(3, 0.1), inner_batch=batch,
+      ...     outer_batch=batch,
       ... )
       >>> report.verdict, report.causes
       ('sound', [])

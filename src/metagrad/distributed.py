@@ -59,6 +59,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metagrad.bilevel import Bilevel, meta_train_step
+from metagrad.nonfinite import leaf_finiteness
 
 Meta = Any
 PyTree = Any
@@ -429,10 +430,16 @@ class ShardedMetaStep:
             lambda m, **d: self._objective(m, d["args"], d["kwargs"], d["shared"]),
             self.outer_optimizer,
             has_aux=True,
+            return_grad=True,
             jit=False,
         )
-        meta, state, value, (_, aux) = update(meta, state, args=args, kwargs=kwargs, shared=shared)
-        return meta, state, self._finish(value, aux)
+        meta, state, value, (_, aux), grad = update(
+            meta, state, args=args, kwargs=kwargs, shared=shared
+        )
+        out = self._finish(value, aux)
+        if isinstance(out, dict):  # as the single-device few-shot step: which leaves are finite
+            out = {**out, "meta_grad_finite": leaf_finiteness(grad)}
+        return meta, state, out
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         per = {k: v for k, v in kwargs.items() if k not in self.shared}

@@ -8,6 +8,7 @@ the new one, never half of one. JSON reports, metric logs and dataset caches go 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -48,10 +49,14 @@ def atomic_write(
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Writes ``payload`` as indented JSON, atomically. numpy and JAX scalars/arrays are converted."""
+    """Writes ``payload`` as indented, strict JSON, atomically.
+
+    numpy and JAX scalars/arrays are converted; non-finite numbers become ``null`` (NaN) or the
+    strings ``"inf"`` / ``"-inf"`` (strict JSON readers reject bare ``NaN``; see ``json_ready``).
+    """
 
     def write(f: IO[str]) -> None:
-        json.dump(payload, f, indent=2, default=_json_default)
+        f.write(dumps(payload, indent=2))
         f.write("\n")
 
     return atomic_write(path, write, binary=False)
@@ -85,6 +90,35 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Pa
         return atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt), binary=True)
     finally:
         plt.close(fig)
+
+
+def dumps(payload: Any, *, indent: int | None = None) -> str:
+    """``payload`` as strict JSON text (``json_ready`` applied): never a bare ``NaN``."""
+    return json.dumps(json_ready(payload), indent=indent, allow_nan=False)
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with arrays as lists and non-finite floats as ``None`` (NaN) or ``"inf"``/``"-inf"``.
+
+    Args:
+      obj: dicts, lists, tuples, numbers, strings, paths, numpy / JAX arrays and scalars.
+
+    Returns:
+      Plain Python data that ``json.dumps(..., allow_nan=False)`` accepts.
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, str | int | bool) or obj is None:
+        return obj
+    return json_ready(_json_default(obj))
 
 
 def _json_default(obj: Any) -> Any:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -501,11 +502,13 @@ def parse_bytes(text: str) -> int:
     unit = next((u for u in sorted(units, key=len, reverse=True) if lowered.endswith(u)), "")
     number, factor = lowered[: len(lowered) - len(unit)], units.get(unit, 1)
     try:
-        value = float(number)
+        value = float(number) * factor
     except ValueError:
         value = -1.0
-    if value <= 0:
+    # NaN, infinity and sizes under a byte are refused: none of them is a budget a loop can fit.
+    if not (math.isfinite(value) and value >= 1):
         raise ValueError(
-            f"memory budget must be a positive size such as 4GiB, 512MiB or 1e9; got {text!r}."
+            f"memory budget must be a finite size of at least one byte, such as 4GiB, 512MiB or "
+            f"1e9; got {text!r}."
         )
-    return int(value * factor)
+    return int(value)

@@ -63,10 +63,8 @@ def test_lr_quick_writes_json_report_and_plots(tmp_path, monkeypatch):
         (["lr", "--text", "/no/such/file.txt"], "--text"),
     ],
 )
-def test_errors_name_the_flag(argv, flag):
-    with pytest.raises(SystemExit) as err:
-        main(["meta", *argv, "--quick"])
-    assert flag in str(err.value)
+def test_errors_name_the_flag(argv, flag, cli_error):
+    assert flag in cli_error(["meta", *argv, "--quick"])
 
 
 def test_empty_text_folder_is_a_clear_error(tmp_path):

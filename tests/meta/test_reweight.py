@@ -58,12 +58,12 @@ def test_resume_after_kill_gives_the_same_metrics(corpus, tmp_path):
     # Killed after step 3: the checkpoint is at step 2, step 3's lines are orphaned.
     killed = run_reweight(config, tmp_path / "b", data=data, show_progress=False, stop_after=3)
     assert killed["killed"]
-    resumed = run_reweight(config, tmp_path / "b", data=data, show_progress=False, resume=True)
+    resumed = run_reweight(config, tmp_path / "b", data=data, show_progress=False)
     a, b = _metrics(tmp_path / "a" / "metrics.jsonl"), _metrics(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in a if m["arm"] == "learned"] == [0, 1, 2, 2, 3, 4, 4, 5, 5]
     assert a == b
     np.testing.assert_array_equal(full["weights"], resumed["weights"])
     # Another configuration does not silently continue this run.
     other = ReweightConfig(**{**config.__dict__, "lr": 1e-2})
-    with pytest.raises(ValueError, match="different configuration"):
-        run_reweight(other, tmp_path / "b", data=data, show_progress=False, resume=True)
+    with pytest.raises(ValueError, match="another configuration; it differs in lr"):
+        run_reweight(other, tmp_path / "b", data=data, show_progress=False)

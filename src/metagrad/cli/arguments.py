@@ -4,11 +4,19 @@ Every sub-command uses these, so that a bad value reads the same everywhere:
 ``metagrad bench meta-grad: --modes takes a comma-separated subset of reverse, remat, mixflow;
 got 'fast'.`` A ``SystemExit`` with a message prints one line and exits with status 1, without a
 traceback.
+
+The ``type=`` functions (``positive_int``, ``positive_number``, ``json_file``, ``run_folder``, ...)
+check a value when the command line is parsed, before any work starts: argparse then prints
+``argument --outer-lr: must be a positive number; got -1`` and exits with status 2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def fail(command: str, message: str) -> SystemExit:
@@ -71,3 +79,141 @@ def require_positive(value: int | None, flag: str, command: str) -> None:
     """Exits unless ``value`` is ``None`` (not given) or a positive integer."""
     if value is not None and value < 1:
         raise fail(command, f"{flag} must be a positive integer; got {value}.")
+
+
+def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str = "COMMAND") -> Any:
+    """The required sub-command group of ``parser`` (its chosen name lands in ``args.dest``)."""
+    group = parser.add_subparsers(dest=dest, metavar=metavar)
+    group.required = True
+    return group
+
+
+def positive_int(text: str) -> int:
+    """``type=`` for counts that must be at least 1."""
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """``type=`` for counts and periods where 0 means "none" (or "never")."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_number(text: str) -> float:
+    """``type=`` for finite numbers > 0 (learning rates, strengths, tolerances)."""
+    return _number(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def non_negative_number(text: str) -> float:
+    """``type=`` for finite numbers >= 0 (damping, momentum)."""
+    return _number(text, float, lambda v: v >= 0, "a finite number >= 0")
+
+
+def fraction(text: str) -> float:
+    """``type=`` for a fraction strictly between 0 and 1."""
+    return _number(text, float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+
+
+def _number(text: str, kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Any:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def json_file(text: str) -> Path:
+    """``type=`` for ``--json``: a file path whose folder exists or can be created, writable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a folder; give a file path such as {str(path / 'results.json')!r}"
+        )
+    _check_creatable(path.parent, text)
+    return path
+
+
+def run_folder(text: str) -> Path:
+    """``type=`` for ``--out``: a folder (existing, or creatable), not a file, writable."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; --out takes a folder")
+    _check_creatable(path, text)
+    return path
+
+
+def _check_creatable(folder: Path, text: str) -> None:
+    """Fails unless ``folder`` is (or can be made) a folder that accepts a new file.
+
+    The folder is created now, and a probe file written and removed: permission bits do not say
+    everything (read-only mounts, pseudo file systems, running as root).
+    """
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".metagrad-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: cannot write to {folder} ({reason}); choose a folder you can write to"
+        ) from None
+
+
+def add_outputs(
+    parser: argparse.ArgumentParser,
+    *,
+    json_help: str = "write all figures to this JSON file",
+    out_help: str | None = None,
+    out_default: str | None = None,
+    out_required: bool = False,
+) -> None:
+    """Adds ``--json PATH`` and (with ``out_help``) ``--out DIR``, both checked when parsed.
+
+    Args:
+      parser: the sub-command's parser.
+      json_help: help of ``--json``.
+      out_help: help of ``--out``; ``None``: the command has no ``--out``.
+      out_default: default run folder.
+      out_required: ``--out`` must be given (commands that read an earlier run).
+    """
+    parser.add_argument("--json", type=json_file, help=json_help)
+    if out_help is not None:
+        default = Path(out_default) if out_default is not None else None
+        parser.add_argument(
+            "--out", type=run_folder, default=default, required=out_required, help=out_help
+        )
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, old_resume_flag: str | None = None
+) -> None:
+    """Adds the flags every training command shares: ``--restart`` and ``--on-nonfinite``.
+
+    A run folder that holds a run is resumed (``metagrad.runs``); ``--restart`` starts over and
+    moves the earlier files to ``OUT/previous/<n>/``.
+
+    Args:
+      parser: the training command's parser.
+      old_resume_flag: an older flag kept as an alias: ``"--no-resume"`` (same as ``--restart``)
+        or ``"--resume"`` (resuming is the default now; accepted and ignored).
+    """
+    group = parser.add_argument_group("run folder (resumed when it holds a run)")
+    names = ["--restart"] + ([old_resume_flag] if old_resume_flag == "--no-resume" else [])
+    group.add_argument(
+        *names,
+        dest="restart",
+        action="store_true",
+        help="start over; the earlier run's files move to OUT/previous/<n>/ (nothing is deleted)",
+    )
+    if old_resume_flag == "--resume":
+        group.add_argument("--resume", action="store_true", help="the default (kept for scripts)")
+    group.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        default="stop",
+        help="a step with a NaN/inf loss or meta-gradient stops the run (default; the checkpoint "
+        "on disk stays the last finite one) or is skipped (not applied)",
+    )

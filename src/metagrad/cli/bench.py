@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import platform
-from pathlib import Path
 from typing import Any
 
 from metagrad.autodiff import MODES
 from metagrad.bench.scale import MODELS, STRATEGIES
-from metagrad.cli.arguments import parse_list, parse_positive_ints, parse_size
+from metagrad.cli.arguments import (
+    add_outputs,
+    non_negative_int,
+    parse_list,
+    parse_positive_ints,
+    parse_size,
+    positive_int,
+    positive_number,
+    subcommands,
+)
 
 UNROLL_STRATEGIES: tuple[str, ...] = (
     "reverse",
@@ -27,8 +35,7 @@ COMMAND_META_GRAD = "metagrad bench meta-grad"
 def register(subparsers: Any) -> None:
     """Adds ``bench`` and its sub-commands to the ``metagrad`` parser."""
     bench = subparsers.add_parser("bench", help="run benchmarks (tables, JSON, PNG plots)")
-    kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    kinds.required = True
+    kinds = subcommands(bench, "benchmark", "BENCHMARK")
 
     p = kinds.add_parser(
         "meta-grad",
@@ -43,13 +50,17 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES)
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
-    p.add_argument("--batch", type=int, help="LM batch size (default 4)")
-    p.add_argument("--seq", type=int, help="LM sequence length (default 512)")
-    p.add_argument("--layers", type=int, help="LM layers (default 4)")
-    p.add_argument("--width", type=int, help="LM width (default 128)")
     p.add_argument(
-        "--steps", type=int, help="inner steps T of every case (default 8 for lm/mlp, 5 for maml)"
+        "--repeats", type=positive_int, default=3, help="timed runs after a warm-up (default 3)"
+    )
+    p.add_argument("--batch", type=positive_int, help="LM batch size (default 4)")
+    p.add_argument("--seq", type=positive_int, help="LM sequence length (default 512)")
+    p.add_argument("--layers", type=positive_int, help="LM layers (default 4)")
+    p.add_argument("--width", type=positive_int, help="LM width (default 128)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        help="inner steps T of every case (default 8 for lm/mlp, 5 for maml)",
     )
     p.add_argument(
         "--sweep",
@@ -75,8 +86,7 @@ def register(subparsers: Any) -> None:
         "checkpoints, which fits in float64 where reverse may not)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
-    p.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    p.add_argument("--out", type=Path, help="directory for artefacts (PNG plots, JSON copy)")
+    add_outputs(p, out_help="directory for artefacts (PNG plots, JSON copy)")
     p.set_defaults(func=run_meta_grad)
 
     m = kinds.add_parser(
@@ -88,22 +98,23 @@ def register(subparsers: Any) -> None:
     m.add_argument(
         "--modes", default="mixflow", help="comma-separated subset of " + ", ".join(MODES)
     )
-    m.add_argument("--ways", type=int, default=5)
-    m.add_argument("--shots", type=int, default=1)
-    m.add_argument("--queries", type=int, default=15)
-    m.add_argument("--steps", type=int, default=5, help="inner steps (default 5)")
-    m.add_argument("--meta-batch", type=int, default=8)
-    m.add_argument("--channels", type=int, default=64)
-    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--ways", type=positive_int, default=5)
+    m.add_argument("--shots", type=positive_int, default=1)
+    m.add_argument("--queries", type=positive_int, default=15)
+    m.add_argument("--steps", type=positive_int, default=5, help="inner steps (default 5)")
+    m.add_argument("--meta-batch", type=positive_int, default=8)
+    m.add_argument("--channels", type=positive_int, default=64)
+    m.add_argument("--repeats", type=positive_int, default=3)
     m.add_argument("--patterns", help="comma-separated Lambda patterns (default: full)")
     m.add_argument(
         "--conv-impl",
         default="auto",
         help="convolution: auto (im2col on CPU, lax elsewhere), im2col or lax",
     )
-    m.add_argument("--reference-s", type=float, default=1.4, help="PyTorch s/it to compare with")
-    m.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    m.add_argument("--out", type=Path, help="directory for artefacts (JSON copy)")
+    m.add_argument(
+        "--reference-s", type=positive_number, default=1.4, help="PyTorch s/it to compare with"
+    )
+    add_outputs(m, out_help="directory for artefacts (JSON copy)")
     m.set_defaults(func=run_maml)
 
     s = kinds.add_parser(
@@ -122,17 +133,18 @@ def register(subparsers: Any) -> None:
         help="comma-separated subset of " + ", ".join(STRATEGIES),
     )
     s.add_argument("--model", choices=MODELS, default="conv4", help="conv4 (default) or mlp")
-    s.add_argument("--channels", type=int, default=64, help="conv4 channels (default 64)")
-    s.add_argument("--hidden", type=int, default=256, help="MLP width (default 256)")
-    s.add_argument("--ways", type=int, default=5)
-    s.add_argument("--shots", type=int, default=1)
-    s.add_argument("--queries", type=int, default=15)
-    s.add_argument("--steps", type=int, default=5, help="inner steps (default 5)")
-    s.add_argument("--meta-batch", type=int, default=8, help="multiple of every device count")
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--channels", type=positive_int, default=64, help="conv4 channels (default 64)")
+    s.add_argument("--hidden", type=positive_int, default=256, help="MLP width (default 256)")
+    s.add_argument("--ways", type=positive_int, default=5)
+    s.add_argument("--shots", type=positive_int, default=1)
+    s.add_argument("--queries", type=positive_int, default=15)
+    s.add_argument("--steps", type=positive_int, default=5, help="inner steps (default 5)")
+    s.add_argument(
+        "--meta-batch", type=positive_int, default=8, help="multiple of every device count"
+    )
+    s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    s.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    s.add_argument("--out", type=Path, help="directory for artefacts (JSON copy)")
+    add_outputs(s, out_help="directory for artefacts (JSON copy)")
     s.set_defaults(func=run_scale)
 
     u = kinds.add_parser(
@@ -156,7 +168,9 @@ def register(subparsers: Any) -> None:
         default=",".join(UNROLL_STRATEGIES),
         help="comma-separated subset of " + ", ".join(UNROLL_STRATEGIES),
     )
-    u.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
+    u.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs after a warm-up (default 3)"
+    )
     u.add_argument(
         "--max-run-memory",
         default="8GiB",
@@ -168,13 +182,12 @@ def register(subparsers: Any) -> None:
     )
     u.add_argument(
         "--largest-limit",
-        type=int,
+        type=non_negative_int,
         default=16384,
         help="largest T the largest-T search tries (default 16384; 0 skips the search)",
     )
     u.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
-    u.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    u.add_argument("--out", type=Path, help="directory for the PNG plot (long_unroll.png)")
+    add_outputs(u, out_help="directory for the PNG plot (long_unroll.png)")
     u.set_defaults(func=run_unroll)
 
 

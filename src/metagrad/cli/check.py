@@ -9,10 +9,17 @@ gives a verdict, ``sound`` or ``ill-conditioned``, with the causes and what to d
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from metagrad.cli.arguments import fail, parse_list, require_positive
+from metagrad.cli.arguments import (
+    add_outputs,
+    fail,
+    non_negative_number,
+    parse_list,
+    positive_int,
+    positive_number,
+    require_positive,
+)
 
 COMMAND = "metagrad check"
 CASES = ("lm", "mlp", "maml", "reweight", "lr")
@@ -33,23 +40,25 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--case", default="lm", help=f"one of {', '.join(CASES)} (default lm)")
     p.add_argument("--modes", default="reverse,remat,mixflow", help="modes to compare")
-    p.add_argument("--batch", type=int, help="lm: batch size (default 4)")
-    p.add_argument("--seq", type=int, help="lm: sequence length (default 512)")
-    p.add_argument("--layers", type=int, help="lm: layers (default 4)")
-    p.add_argument("--width", type=int, help="lm: width (default 128)")
-    p.add_argument("--steps", type=int, help="lm: inner steps T (default 8)")
+    p.add_argument("--batch", type=positive_int, help="lm: batch size (default 4)")
+    p.add_argument("--seq", type=positive_int, help="lm: sequence length (default 512)")
+    p.add_argument("--layers", type=positive_int, help="lm: layers (default 4)")
+    p.add_argument("--width", type=positive_int, help="lm: width (default 128)")
+    p.add_argument("--steps", type=positive_int, help="lm: inner steps T (default 8)")
     p.add_argument(
         "--eps-root",
-        type=float,
+        type=non_negative_number,
         help="lm: ε inside Adam's root (default 1e-8; 0 is optax's default, ε outside the root)",
     )
-    p.add_argument("--delta", type=float, default=1e-6, help="relative perturbation (1e-6)")
+    p.add_argument(
+        "--delta", type=positive_number, default=1e-6, help="relative perturbation (1e-6)"
+    )
     p.add_argument(
         "--reference-mode",
         default="reverse",
         help="mode of the float64 reference: reverse, or remat to save memory (default reverse)",
     )
-    p.add_argument("--json", type=Path, help="write the report to this JSON file")
+    add_outputs(p, json_help="write the report to this JSON file")
     p.set_defaults(func=run_check)
 
 

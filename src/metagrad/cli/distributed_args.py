@@ -12,6 +12,7 @@ import argparse
 
 from jax.sharding import Mesh
 
+from metagrad.cli.arguments import non_negative_int, positive_int
 from metagrad.distributed import PARAM_MODES, initialize, make_mesh
 
 
@@ -28,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("distributed (metagrad.distributed)")
     group.add_argument("--coordinator-address", help="host:port of process 0 (several hosts)")
-    group.add_argument("--num-processes", type=int, help="processes in the job (several hosts)")
-    group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
+    group.add_argument(
+        "--num-processes", type=positive_int, help="processes in the job (several hosts)"
+    )
+    group.add_argument("--process-id", type=non_negative_int, help="this process's index, 0..N-1")
     group.add_argument(
         "--devices",
-        type=int,
+        type=positive_int,
         help="use the first N devices (default: all of them when --mesh is given)",
     )
     group.add_argument(

@@ -7,74 +7,100 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from metagrad.cli.arguments import fail
+from metagrad.cli.arguments import (
+    add_outputs,
+    add_run_arguments,
+    fail,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    run_folder,
+    subcommands,
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="glyphs", help="glyphs (built in), omniglot, miniimagenet")
     p.add_argument("--data-root", help="folder of an on-disk dataset (omniglot, miniimagenet)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--queries", type=int, default=15, help="query examples per class")
-    p.add_argument("--steps", type=int, default=5, help="inner steps during meta-training")
+    p.add_argument("--ways", type=positive_int, default=5)
+    p.add_argument("--shots", type=positive_int, default=1)
+    p.add_argument("--queries", type=positive_int, default=15, help="query examples per class")
+    p.add_argument("--steps", type=positive_int, default=5, help="inner steps during meta-training")
     p.add_argument("--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp")
     p.add_argument("--mode", default="mixflow", help="mixflow, remat or reverse")
     p.add_argument("--pattern", help="Lambda pattern used in training, e.g. 00001/11111")
-    p.add_argument("--inner-lr", type=float, default=0.4)
-    p.add_argument("--outer-lr", type=float, default=1e-3)
-    p.add_argument("--meta-batch", type=int, default=8)
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--json", type=Path, help="write the figures to this JSON file")
-    p.add_argument("--out", type=Path, default=Path("runs/fewshot"), help="run folder")
+    p.add_argument("--inner-lr", type=positive_number, default=0.4)
+    p.add_argument("--outer-lr", type=positive_number, default=1e-3)
+    p.add_argument("--meta-batch", type=positive_int, default=8)
+    p.add_argument("--iterations", type=positive_int, default=1000)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--channels", type=positive_int, default=64)
+    add_outputs(
+        p,
+        json_help="write the figures to this JSON file",
+        out_help="run folder",
+        out_default="runs/fewshot",
+    )
 
 
 def register(subparsers: Any) -> None:
     """Adds ``fewshot`` and its sub-commands to the ``metagrad`` parser."""
     fewshot = subparsers.add_parser("fewshot", help="few-shot meta-learning (MAML family)")
-    sub = fewshot.add_subparsers(dest="fewshot_command", metavar="COMMAND")
-    sub.required = True
+    sub = subcommands(fewshot, "fewshot_command")
     t = sub.add_parser("train", help="meta-train (resumes from OUT/checkpoints)")
     _add_common(t)
-    t.add_argument("--test-steps", type=int, help="inner steps at validation/test time")
-    t.add_argument("--val-every", type=int, default=200)
-    t.add_argument("--val-tasks", type=int, default=200)
-    t.add_argument("--checkpoint-every", type=int, default=100)
-    t.add_argument(
-        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
-    )
+    t.add_argument("--test-steps", type=positive_int, help="inner steps at validation/test time")
+    t.add_argument("--val-every", type=non_negative_int, default=200)
+    t.add_argument("--val-tasks", type=positive_int, default=200)
+    t.add_argument("--checkpoint-every", type=non_negative_int, default=100)
+    add_run_arguments(t, old_resume_flag="--no-resume")
     from metagrad.cli.distributed_args import add_arguments as add_distributed_arguments
 
     # --devices / --mesh split the meta-batch across devices; without them: one device.
     add_distributed_arguments(t)
     t.set_defaults(func=run_train)
     e = sub.add_parser("eval", help="test accuracy ± 95%% CI of a trained run (OUT)")
-    e.add_argument("--out", type=Path, required=True, help="run folder with checkpoints/")
-    e.add_argument("--tasks", type=int, default=600)
+    e.add_argument("--out", type=run_folder, required=True, help="run folder with checkpoints/")
+    e.add_argument("--tasks", type=positive_int, default=600)
     e.add_argument("--split", default="test", help="test or val")
-    e.add_argument("--test-steps", type=int, help="inner steps (default: the run's)")
+    e.add_argument("--test-steps", type=positive_int, help="inner steps (default: the run's)")
     e.add_argument("--pattern", help="test-time Lambda pattern")
     e.add_argument(
-        "--queries", type=int, help="query examples per class (default: the run's queries)"
+        "--queries", type=positive_int, help="query examples per class (default: the run's queries)"
     )
-    e.add_argument("--json", type=Path)
+    add_outputs(e)
     e.set_defaults(func=run_eval)
     s = sub.add_parser("select", help="select the fastest pattern within --threshold of full")
-    s.add_argument("--out", type=Path, required=True, help="run folder with checkpoints/")
-    s.add_argument("--threshold", type=float, default=1.0, help="ε in accuracy points")
-    s.add_argument("--tasks", type=int, default=600)
-    s.add_argument("--search", default="auto", help="auto, exhaustive or halving")
-    s.add_argument("--steps", type=int, help="inner steps K of the patterns (default: the run's)")
+    s.add_argument("--out", type=run_folder, required=True, help="run folder with checkpoints/")
     s.add_argument(
-        "--queries", type=int, help="query examples per class (default: the run's queries)"
+        "--threshold", type=non_negative_number, default=1.0, help="ε in accuracy points"
     )
-    s.add_argument("--json", type=Path)
+    s.add_argument("--tasks", type=positive_int, default=600)
+    s.add_argument("--search", default="auto", help="auto, exhaustive or halving")
+    s.add_argument(
+        "--steps", type=positive_int, help="inner steps K of the patterns (default: the run's)"
+    )
+    s.add_argument(
+        "--queries", type=positive_int, help="query examples per class (default: the run's queries)"
+    )
+    add_outputs(s)
     s.set_defaults(func=run_select)
 
 
 def _fail(command: str, message: str) -> SystemExit:
     return fail(f"metagrad fewshot {command}", message)
+
+
+def _flag_message(text: str) -> str:
+    """Names the command-line flag instead of the configuration field (``ways=`` → ``--ways``)."""
+    from metagrad.fewshot.training import TrainConfig
+
+    for name in sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True):
+        for sep in (" ", "=", ":"):
+            if text.startswith(name + sep):
+                return "--" + name.replace("_", "-") + text[len(name) :]
+    return text
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -85,12 +111,7 @@ def _config(args: argparse.Namespace) -> Any:
     try:
         return TrainConfig(**values)
     except ValueError as err:
-        # Name the command-line flag, not the field.
-        text = str(err)
-        for name in fields:
-            if text.startswith(name):
-                text = "--" + name.replace("_", "-") + text[len(name) :]
-        raise _fail("train", text) from None
+        raise _fail("train", _flag_message(str(err))) from None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -106,7 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if args.mode not in ("mixflow", "remat", "reverse"):
         raise _fail("train", f"--mode must be mixflow, remat or reverse; got {args.mode!r}.")
-    if args.pattern:
+    if args.pattern is not None:
         try:
             pattern = Pattern.parse(args.pattern)
         except ValueError as err:
@@ -129,7 +150,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"--meta-batch {config.meta_batch} must be a multiple of the mesh's data axis "
             f"({mesh.shape['data']} devices); change --meta-batch, --devices or --mesh.",
         )
-    result = train(config, args.out, resume=not args.no_resume, mesh=mesh, params=args.params)
+    try:
+        result = train(
+            config, args.out, restart=args.restart, on_nonfinite=args.on_nonfinite, mesh=mesh,
+            params=args.params,
+        )  # fmt: skip
+    except ValueError as err:
+        raise _fail("train", _flag_message(str(err))) from None
     curve = plot_metrics(
         args.out / METRICS,
         args.out / "curve.png",
@@ -176,6 +203,19 @@ def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
     return config, splits, model, meta
 
 
+def _check_fits(
+    command: str, split: Any, name: str, config: Any, queries: int, pattern: Any, model: Any
+) -> None:
+    from metagrad.fewshot.training import check_episodes_fit, check_pattern_fits
+
+    try:
+        check_episodes_fit(split, name, config.ways, config.shots, queries)
+        if pattern is not None:
+            check_pattern_fits(pattern, model)
+    except ValueError as err:
+        raise _fail(command, f"--out {config.dataset} run: {err}") from None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """``metagrad fewshot eval``."""
     from metagrad.bench.report import console
@@ -191,7 +231,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise _fail("eval", f"--queries must be >= 1; got {args.queries}.")
     config, splits, model, meta = _load_run("eval", args.out)
     try:
-        pattern = Pattern.parse(args.pattern) if args.pattern else None
+        pattern = Pattern.parse(args.pattern) if args.pattern is not None else None
     except ValueError as err:
         raise _fail("eval", f"--pattern: {err}") from None
     if pattern is not None and args.test_steps and args.test_steps != pattern.steps:
@@ -200,6 +240,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     queries = args.queries or config.queries
     steps = args.test_steps or config.test_steps
+    _check_fits("eval", getattr(splits, args.split), args.split, config, queries, pattern, model)
     ev = evaluate(
         model,
         config.make_algorithm(),
@@ -248,6 +289,7 @@ def run_select(args: argparse.Namespace) -> int:
         raise _fail("select", f"--queries must be >= 1; got {args.queries}.")
     config, splits, model, meta = _load_run("select", args.out)
     queries = args.queries or config.queries
+    _check_fits("select", splits.val, "val", config, queries, None, model)
     k = args.steps or config.test_steps or config.steps
     n = len(meta["params"])
     exhaustive = args.search == "exhaustive" or (args.search == "auto" and 2 ** (k * n) <= 64)

@@ -3,7 +3,7 @@
 * ``metagrad meta reweight``: learned data weighting with a fraction of corrupted sequences.
 * ``metagrad meta lr``: learned per-layer learning rates against a grid of fixed ones.
 
-Both write ``metrics.jsonl``, ``checkpoints/`` (resume with ``--resume``), ``report.md`` and PNG
+Both write ``metrics.jsonl``, ``checkpoints/`` (a run in ``--out`` is resumed; ``--restart``), ``report.md`` and PNG
 plots to ``--out``, the figures to ``--json``, and a memory report per differentiation mode.
 """
 
@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-from metagrad.cli.arguments import fail
+from metagrad.cli.arguments import (
+    add_outputs,
+    add_run_arguments,
+    fail,
+    fraction,
+    non_negative_int,
+    positive_int,
+    positive_number,
+    subcommands,
+)
 
 # Tiny sizes of ``--quick`` (a smoke test in seconds); explicit flags still override them.
 QUICK: dict[str, Any] = {
@@ -37,18 +45,26 @@ DEFAULT_BUDGET = "4GiB"
 def _add_common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--text", help="a local text file or folder (default: the Python stdlib)")
     p.add_argument("--mode", help="differentiation mode: mixflow (default), remat or reverse")
-    p.add_argument("--steps", type=int, help="inner steps T per meta-step (truncated unroll)")
-    p.add_argument("--meta-steps", type=int, help="meta-steps (windows of T inner steps)")
-    p.add_argument("--batch", type=int, help="training sequences per inner step")
-    p.add_argument("--outer-batch", type=int, help="validation sequences per meta-objective")
-    p.add_argument("--width", type=int, help="LM width")
-    p.add_argument("--depth", type=int, help="LM blocks")
-    p.add_argument("--heads", type=int, help="attention heads")
-    p.add_argument("--seq", type=int, help="bytes per sequence")
-    p.add_argument("--eval-sequences", type=int, help="validation sequences per evaluation")
-    p.add_argument("--eval-every", type=int, help="evaluation period (meta-steps)")
-    p.add_argument("--checkpoint-every", type=int, help="checkpoint period (meta-steps)")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--steps", type=positive_int, help="inner steps T per meta-step (truncated unroll)"
+    )
+    p.add_argument("--meta-steps", type=positive_int, help="meta-steps (windows of T inner steps)")
+    p.add_argument("--batch", type=positive_int, help="training sequences per inner step")
+    p.add_argument(
+        "--outer-batch", type=positive_int, help="validation sequences per meta-objective"
+    )
+    p.add_argument("--width", type=positive_int, help="LM width")
+    p.add_argument("--depth", type=positive_int, help="LM blocks")
+    p.add_argument("--heads", type=positive_int, help="attention heads")
+    p.add_argument("--seq", type=positive_int, help="bytes per sequence")
+    p.add_argument(
+        "--eval-sequences", type=positive_int, help="validation sequences per evaluation"
+    )
+    p.add_argument("--eval-every", type=non_negative_int, help="evaluation period (meta-steps)")
+    p.add_argument(
+        "--checkpoint-every", type=non_negative_int, help="checkpoint period (meta-steps)"
+    )
+    p.add_argument("--seed", type=non_negative_int)
     p.add_argument(
         "--memory-budget",
         help=f"budget of the largest-T report, e.g. 4GiB (default {DEFAULT_BUDGET}); with --quick "
@@ -58,32 +74,37 @@ def _add_common(p: argparse.ArgumentParser, out: str) -> None:
         "--no-memory-report", action="store_true", help="skip the compiled-memory report"
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    p.add_argument("--json", type=Path, help="write the figures to this JSON file")
-    p.add_argument("--out", type=Path, default=Path(out), help="run folder (default %(default)s)")
+    add_run_arguments(p, old_resume_flag="--resume")
+    add_outputs(
+        p,
+        json_help="write the figures to this JSON file",
+        out_help="run folder (default %(default)s)",
+        out_default=out,
+    )
 
 
 def register(subparsers: Any) -> None:
     """Adds ``meta`` and its sub-commands to the ``metagrad`` parser."""
     meta = subparsers.add_parser("meta", help="meta-learning applications on a byte-level LM")
-    sub = meta.add_subparsers(dest="meta_command", metavar="COMMAND")
-    sub.required = True
+    sub = subcommands(meta, "meta_command")
     r = sub.add_parser("reweight", help="learned data weighting with corrupted sequences")
     _add_common(r, "runs/meta-reweight")
     r.add_argument("--corruption", help="shuffle (default), random or domain")
-    r.add_argument("--fraction", type=float, help="fraction of corrupted sequences (0.3)")
+    r.add_argument("--fraction", type=fraction, help="fraction of corrupted sequences (0.3)")
     r.add_argument("--weights", help="scorer (default) or per-example")
-    r.add_argument("--scorer-hidden", type=int, help="hidden units of the scorer")
+    r.add_argument("--scorer-hidden", type=positive_int, help="hidden units of the scorer")
     r.add_argument("--domain-text", help="out-of-domain text file for --corruption domain")
-    r.add_argument("--train-sequences", type=int, help="size of the training pool")
-    r.add_argument("--lr", type=float, help="inner Adam learning rate")
-    r.add_argument("--meta-lr", type=float, help="Adam learning rate of the weights")
+    r.add_argument("--train-sequences", type=positive_int, help="size of the training pool")
+    r.add_argument("--lr", type=positive_number, help="inner Adam learning rate")
+    r.add_argument("--meta-lr", type=positive_number, help="Adam learning rate of the weights")
     r.set_defaults(func=run_reweight)
     lr = sub.add_parser("lr", help="learned per-layer learning rates vs a grid of fixed ones")
     _add_common(lr, "runs/meta-lr")
     lr.add_argument("--grid", help="comma-separated fixed learning rates (5 by default)")
-    lr.add_argument("--init-lr", type=float, help="initial learned rate (default: grid middle)")
-    lr.add_argument("--meta-lr", type=float, help="Adam learning rate of the log-rates")
+    lr.add_argument(
+        "--init-lr", type=positive_number, help="initial learned rate (default: grid middle)"
+    )
+    lr.add_argument("--meta-lr", type=positive_number, help="Adam learning rate of the log-rates")
     lr.set_defaults(func=run_lr)
 
 
@@ -138,17 +159,24 @@ def _load(command: str, prepare: Any, config: Any) -> Any:
         raise _fail(command, f"{flag}: {_flag_message(text, {'train_sequences'})}") from None
 
 
-def _announce(args: argparse.Namespace) -> None:
-    """Says whether the run continues or starts over (a new run overwrites OUT's metrics)."""
+def _train(command: str, args: argparse.Namespace, module: Any, config: Any, run: Any) -> Any:
+    """Prepares the data and trains (resuming a run in ``--out``); the summary of the run."""
     from metagrad.bench.report import console
     from metagrad.checkpoints import latest_step
-    from metagrad.meta.runner import CHECKPOINTS
+    from metagrad.runs import CHECKPOINTS
 
-    exists = latest_step(args.out / CHECKPOINTS) is not None
-    if args.resume and not exists:
-        console.print(f"--resume: no checkpoint in {args.out}; starting a new run")
-    elif exists and not args.resume:
-        console.print(f"{args.out} holds a run: starting over (pass --resume to continue it)")
+    step = latest_step(args.out / CHECKPOINTS)
+    if args.restart and step is not None:
+        console.print(f"--restart: the run in {args.out} moves to {args.out}/previous/")
+    elif step is not None:
+        console.print(f"resuming the run in {args.out} from step {step} (--restart starts over)")
+    data = _load(command, module.prepare_data, config)
+    try:
+        return run(
+            config, args.out, data=data, restart=args.restart, on_nonfinite=args.on_nonfinite
+        )
+    except ValueError as err:
+        raise _fail(command, str(err)) from None
 
 
 def _memory(build: Any, config: Any, args: argparse.Namespace, budget: int) -> list[dict]:
@@ -183,16 +211,11 @@ def run_reweight(args: argparse.Namespace) -> int:
     from metagrad.files import write_text
     from metagrad.meta import plots, reweight
     from metagrad.meta.report import reweight_markdown
-    from metagrad.meta.runner import read_metrics
+    from metagrad.runs import read_metrics
 
     config = _config("reweight", reweight.ReweightConfig, args, QUICK_REWEIGHT)
     budget = _budget("reweight", args)
-    _announce(args)
-    data = _load("reweight", reweight.prepare_data, config)
-    try:
-        summary = reweight.run_reweight(config, args.out, data=data, resume=args.resume)
-    except ValueError as err:
-        raise _fail("reweight", str(err)) from None
+    summary = _train("reweight", args, reweight, config, reweight.run_reweight)
     memory = _memory(reweight.meta_gradient_builder(config), config, args, budget)
     weights, corrupted = summary.pop("weights"), summary.pop("corrupted")
     save_npz_atomic(args.out / "weights.npz", weights=weights, corrupted=corrupted)
@@ -245,17 +268,11 @@ def run_lr(args: argparse.Namespace) -> int:
     from metagrad.files import write_text
     from metagrad.meta import learning_rates, plots
     from metagrad.meta.report import lr_markdown
-    from metagrad.meta.runner import read_metrics
+    from metagrad.runs import read_metrics
 
     config = _config("lr", learning_rates.LRConfig, args, QUICK)
     budget = _budget("lr", args)
-    _announce(args)
-    data = _load("lr", learning_rates.prepare_data, config)
-    try:
-        summary = learning_rates.run_learning_rates(config, args.out, data=data,
-                                                    resume=args.resume)  # fmt: skip
-    except ValueError as err:
-        raise _fail("lr", str(err)) from None
+    summary = _train("lr", args, learning_rates, config, learning_rates.run_learning_rates)
     memory = _memory(learning_rates.meta_gradient_builder(config), config, args, budget)
     metrics = read_metrics(args.out / "metrics.jsonl")
     styles = {"learned": {"lw": 2.5, "color": "k"}}

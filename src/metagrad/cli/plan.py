@@ -9,8 +9,9 @@ the planner's choice.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from metagrad.cli.arguments import add_outputs, positive_int
 
 COMMAND = "metagrad plan"
 
@@ -29,11 +30,11 @@ def register(subparsers: Any) -> None:
         "fastest estimate that fits.",
     )
     p.add_argument("--case", default="lm", help="lm (decoder LM, Adam) or mlp (momentum SGD)")
-    p.add_argument("--steps", type=int, default=8, help="inner steps T (default 8)")
-    p.add_argument("--batch", type=int, help="batch size (default: lm 4, mlp 256)")
-    p.add_argument("--seq", type=int, help="LM sequence length (default 512)")
-    p.add_argument("--layers", type=int, help="LM layers (default 4)")
-    p.add_argument("--width", type=int, help="LM width (default 128)")
+    p.add_argument("--steps", type=positive_int, default=8, help="inner steps T (default 8)")
+    p.add_argument("--batch", type=positive_int, help="batch size (default: lm 4, mlp 256)")
+    p.add_argument("--seq", type=positive_int, help="LM sequence length (default 512)")
+    p.add_argument("--layers", type=positive_int, help="LM layers (default 4)")
+    p.add_argument("--width", type=positive_int, help="LM width (default 128)")
     p.add_argument("--sizes", help="MLP layer widths, input first (default 256,1024,1024,1024,10)")
     p.add_argument(
         "--memory-budget",
@@ -48,7 +49,7 @@ def register(subparsers: Any) -> None:
         help="also run the fitting candidates whose estimate is within 1.5x of the best and "
         "choose the fastest measured (as mode='auto' with autotune=True)",
     )
-    p.add_argument("--json", type=Path, help="write the table to this JSON file")
+    add_outputs(p, json_help="write the table to this JSON file")
     p.set_defaults(func=run_plan)
 
 

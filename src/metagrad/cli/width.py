@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
-from metagrad.cli.arguments import parse_list, parse_positive_ints
+from metagrad.cli.arguments import (
+    add_outputs,
+    non_negative_int,
+    non_negative_number,
+    parse_list,
+    parse_positive_ints,
+    positive_int,
+    positive_number,
+    subcommands,
+)
 from metagrad.cli.output import write_results
 from metagrad.optim.experiment import MODELS, WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES
@@ -35,8 +43,7 @@ def register(subparsers: Any) -> None:
     width = subparsers.add_parser(
         "width", help="μP coordinate checks and learning-rate transfer across widths"
     )
-    kinds = width.add_subparsers(dest="width_command", metavar="COMMAND")
-    kinds.required = True
+    kinds = subcommands(width, "width_command")
 
     p = kinds.add_parser(
         "coord-check",
@@ -50,12 +57,18 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--lr", type=_lr, help="base learning rate, e.g. 0.01 or 2^-9 (default: per optimiser)"
     )
-    p.add_argument("--steps", type=int, default=5, help="training steps per width (default 5)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
     p.add_argument(
-        "--refresh", type=int, default=1, help="K-FAC/Shampoo refresh interval (default 1)"
+        "--steps", type=positive_int, default=5, help="training steps per width (default 5)"
     )
-    p.add_argument("--tolerance", type=float, default=0.1, help="|slope| bound for μP (0.1)")
+    p.add_argument(
+        "--seeds", type=positive_int, default=3, help="seeds averaged per width (default 3)"
+    )
+    p.add_argument(
+        "--refresh", type=positive_int, default=1, help="K-FAC/Shampoo refresh interval (default 1)"
+    )
+    p.add_argument(
+        "--tolerance", type=positive_number, default=0.1, help="|slope| bound for μP (0.1)"
+    )
     p.set_defaults(func=run_coord_check)
 
     p = kinds.add_parser(
@@ -78,9 +91,11 @@ def register(subparsers: Any) -> None:
         "two in between (default 2^-8:2^1)",
     )
     p.add_argument("--lr", type=_lr, help="fixed learning rate of a damping sweep (2^-2 allowed)")
-    p.add_argument("--steps", type=int, default=200, help="training steps per run (default 200)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per point (default 2)")
-    p.add_argument("--refresh", type=int, default=10, help="refresh interval (default 10)")
+    p.add_argument(
+        "--steps", type=positive_int, default=200, help="training steps per run (default 200)"
+    )
+    p.add_argument("--seeds", type=positive_int, default=2, help="seeds per point (default 2)")
+    p.add_argument("--refresh", type=positive_int, default=10, help="refresh interval (default 10)")
     p.set_defaults(func=run_sweep)
 
 
@@ -96,8 +111,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="trace",
         help="K-FAC damping rules, comma-separated: " + ", ".join(DAMPING_RULES),
     )
-    p.add_argument("--damping", type=float, default=1e-2, help="K-FAC damping ρ (default 1e-2)")
-    p.add_argument("--shampoo-eps", type=float, default=1e-4, help="Shampoo ε (default 1e-4)")
+    p.add_argument(
+        "--damping", type=positive_number, default=1e-2, help="K-FAC damping ρ (default 1e-2)"
+    )
+    p.add_argument(
+        "--shampoo-eps", type=positive_number, default=1e-4, help="Shampoo ε (default 1e-4)"
+    )
     p.add_argument(
         "--shampoo-eps-mode",
         choices=("relative", "absolute"),
@@ -105,11 +124,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="Shampoo ε relative to the largest eigenvalue (default) or absolute",
     )
     p.add_argument(
-        "--shampoo-exponent", type=float, default=0.25, help="Shampoo power (0.25 or 0.5)"
+        "--shampoo-exponent", type=positive_number, default=0.25, help="Shampoo power (0.25 or 0.5)"
     )
     p.add_argument(
         "--shampoo-warmup",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="Shampoo recomputes its roots at every one of the first N steps (default 0)",
     )
@@ -119,19 +138,30 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="none",
         help="Shampoo grafting: the update's norm per parameter from SGD or RMSprop (default none)",
     )
-    p.add_argument("--block-size", type=int, default=1024, help="Shampoo block size (1024)")
-    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum (default 0)")
+    p.add_argument(
+        "--block-size", type=positive_int, default=1024, help="Shampoo block size (1024)"
+    )
+    p.add_argument(
+        "--momentum", type=non_negative_number, default=0.0, help="heavy-ball momentum (default 0)"
+    )
     p.add_argument("--model", choices=MODELS, default="mlp", help="mlp (default) or conv4")
-    p.add_argument("--depth", type=int, default=3, help="hidden layers of the MLP (default 3)")
-    p.add_argument("--base-width", type=int, default=64, help="base width (default 64)")
-    p.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128)")
+    p.add_argument(
+        "--depth", type=positive_int, default=3, help="hidden layers of the MLP (default 3)"
+    )
+    p.add_argument("--base-width", type=positive_int, default=64, help="base width (default 64)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=128, help="examples per step (default 128)"
+    )
     p.add_argument("--task", choices=TASKS, default="synthetic", help="data (default synthetic)")
-    p.add_argument("--task-seed", type=int, default=0, help="seed of the data (default 0)")
-    p.add_argument("--n-train", type=int, default=8192, help="synthetic training examples")
-    p.add_argument("--classes", type=int, help="classes (synthetic default 10, glyphs 100)")
+    p.add_argument(
+        "--task-seed", type=non_negative_int, default=0, help="seed of the data (default 0)"
+    )
+    p.add_argument("--n-train", type=positive_int, default=8192, help="synthetic training examples")
+    p.add_argument(
+        "--classes", type=positive_int, help="classes (synthetic default 10, glyphs 100)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    p.add_argument("--out", type=Path, help="directory for artefacts (PNG plots, JSON copy)")
+    add_outputs(p, out_help="directory for artefacts (PNG plots, JSON copy)")
 
 
 def parse_number(text: str) -> float:

@@ -189,6 +189,20 @@ class Splits(NamedTuple):
     test: ClassDataset
 
 
+def check_split_fractions(owner: str, fractions: Sequence[float]) -> None:
+    """Raises a ``ValueError`` unless ``fractions`` are three positive fractions summing to 1.
+
+    Args:
+      owner: the configuration class, named in the message (e.g. ``"TextConfig"``).
+      fractions: the ``split_fractions`` field (train, validation, test).
+    """
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"{owner}: split_fractions must be three positive fractions (train, val, test) "
+            f"summing to 1; got {tuple(fractions)}."
+        )
+
+
 def _describe(value: object) -> str:
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"

@@ -57,7 +57,7 @@ from metagrad.progress import progress_bar
 from .alphabets import alphabet_of, character_name, is_glyph_candidate
 from .cache import cache_dir as resolve_cache_dir
 from .cache import config_digest, save_npz_atomic
-from .class_dataset import ClassDataset, Splits
+from .class_dataset import ClassDataset, Splits, check_split_fractions
 from .rendering import (
     DEFAULT_FONTS,
     NO_JITTER,
@@ -140,12 +140,7 @@ class GlyphConfig:
                 "GlyphConfig: `duplicate_threshold` is a correlation in (0, 1]; received "
                 f"{self.duplicate_threshold}"
             )
-        fractions = self.split_fractions
-        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
-            raise ValueError(
-                "GlyphConfig: `split_fractions` must be three positive fractions (train, val, "
-                f"test) summing to 1; received {fractions}"
-            )
+        check_split_fractions("GlyphConfig", self.split_fractions)
 
     def to_json(self) -> dict:
         """The configuration as a JSON-serialisable dict."""

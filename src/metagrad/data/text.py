@@ -43,6 +43,7 @@ from metagrad.progress import progress_bar
 
 from .cache import cache_dir as resolve_cache_dir
 from .cache import config_digest, save_npz_atomic
+from .class_dataset import check_split_fractions
 
 # Bump when the build procedure changes, so that old cache files are not reused.
 BUILD_VERSION = 1
@@ -71,12 +72,7 @@ class TextConfig:
                 f"TextConfig: seq_len must be an int >= 2 (an input and a target); got "
                 f"{self.seq_len!r}."
             )
-        f = self.split_fractions
-        if len(f) != 3 or min(f) <= 0 or abs(sum(f) - 1) > 1e-6:
-            raise ValueError(
-                "TextConfig: split_fractions must be three positive fractions (train, val, test) "
-                f"summing to 1; got {f}."
-            )
+        check_split_fractions("TextConfig", self.split_fractions)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -34,6 +34,7 @@ from metagrad.bilevel import Bilevel, meta_train_step
 from metagrad.fewshot.algorithms import Algorithm
 from metagrad.fewshot.network import Model, apply_layers, n_layers, task_losses
 from metagrad.fewshot.patterns import Pattern
+from metagrad.nonfinite import leaf_finiteness
 
 Array = jax.Array
 Meta = dict[str, Any]
@@ -186,6 +187,10 @@ def meta_batch_loss(
     return jnp.mean(losses), {"loss": losses, "accuracy": accs}
 
 
+# The key of the meta-step's metrics that holds, per meta-gradient leaf, "all entries finite".
+FINITE = "meta_grad_finite"
+
+
 def make_meta_step(
     model: Model,
     algorithm: Algorithm,
@@ -204,22 +209,24 @@ def make_meta_step(
       kind: ``"classification"`` or ``"regression"``.
 
     Returns:
-      ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy"})`` (means over
-      the meta-batch): ``metagrad.meta_train_step`` of the meta-batch loss, jitted.
+      ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy",
+      "meta_grad_finite"})`` (means over the meta-batch; per meta-gradient leaf, whether it is
+      finite): ``metagrad.meta_train_step`` of the meta-batch loss, jitted. A step with a
+      non-finite loss or meta-gradient is not applied.
     """
 
     def objective(meta: Meta, *, tasks: Task) -> tuple[Array, dict[str, Array]]:
         loss, per_task = meta_batch_loss(model, algorithm, meta, tasks, pattern=pattern, kind=kind)
         return loss, {"accuracy": jnp.mean(per_task["accuracy"])}
 
-    train = meta_train_step(objective, outer_optimizer, has_aux=True)
+    train = meta_train_step(objective, outer_optimizer, has_aux=True, return_grad=True)
 
     # Jitted as a whole (not only ``train``): callers lower it (``step.lower(...)``) to read XLA's
     # memory and cost analyses of the meta-step.
     @jax.jit
-    def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Array]]:
-        meta, opt_state, loss, metrics = train(meta, opt_state, tasks=tasks)
-        return meta, opt_state, {"loss": loss, **metrics}
+    def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Any]]:
+        meta, opt_state, loss, metrics, grad = train(meta, opt_state, tasks=tasks)
+        return meta, opt_state, {"loss": loss, **metrics, FINITE: leaf_finiteness(grad)}
 
     return step
 

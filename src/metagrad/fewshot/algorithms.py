@@ -34,6 +34,7 @@ import optax
 from metagrad.autodiff import validate_mode
 from metagrad.fewshot.patterns import Pattern
 from metagrad.transforms import scale_by_learning_rates, scale_by_step_learning_rates
+from metagrad.validation import require_one_of
 
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "boil", "metasgd", "mamlpp")
 LAYER_RULES: tuple[str, ...] = ("all", "head", "body")
@@ -72,14 +73,8 @@ class Algorithm:
             raise ValueError(f"Algorithm: steps must be a positive int; got {self.steps!r}.")
         if not self.inner_lr > 0:
             raise ValueError(f"Algorithm: inner_lr must be > 0; got {self.inner_lr!r}.")
-        if self.layers not in LAYER_RULES:
-            raise ValueError(
-                f"Algorithm: layers must be one of {LAYER_RULES}; got {self.layers!r}."
-            )
-        if self.learned_lr not in LEARNED_LR:
-            raise ValueError(
-                f"Algorithm: learned_lr must be one of {LEARNED_LR}; got {self.learned_lr!r}."
-            )
+        require_one_of("Algorithm: layers", self.layers, LAYER_RULES)
+        require_one_of("Algorithm: learned_lr", self.learned_lr, LEARNED_LR)
         if self.pattern is not None and self.pattern.steps != self.steps:
             raise ValueError(
                 f"Algorithm: pattern has {self.pattern.steps} rows but steps={self.steps}; give "

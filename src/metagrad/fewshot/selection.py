@@ -203,26 +203,15 @@ def plot_selection(result: dict[str, Any], path: str | Path, title: str = "") ->
     rows = [r for r in result["rows"] if r.get("final")]
     screened = [r for r in result["rows"] if not r.get("final") and "accuracy_pct" in r]
     fig, ax = plt.subplots(figsize=(8, 5))
+
+    def points(selected: list[dict[str, Any]], label: str, **style: Any) -> None:
+        xs, ys = [r["time_ms"] for r in selected], [r["accuracy_pct"] for r in selected]
+        ax.errorbar(xs, ys, yerr=[r["ci95_pct"] for r in selected], fmt="o", ms=4, label=label,
+                    **style)  # fmt: skip
+
     if screened:
-        ax.errorbar(
-            [r["time_ms"] for r in screened],
-            [r["accuracy_pct"] for r in screened],
-            yerr=[r["ci95_pct"] for r in screened],
-            fmt="o",
-            mfc="none",
-            color="0.75",
-            ms=4,
-            label="screened out (fewer tasks)",
-        )
-    ax.errorbar(
-        [r["time_ms"] for r in rows],
-        [r["accuracy_pct"] for r in rows],
-        yerr=[r["ci95_pct"] for r in rows],
-        fmt="o",
-        color="0.4",
-        ms=4,
-        label=f"patterns ({result.get('tasks', '?')} tasks)",
-    )
+        points(screened, "screened out (fewer tasks)", mfc="none", color="0.75")
+    points(rows, f"patterns ({result.get('tasks', '?')} tasks)", color="0.4")
     for r in rows:
         ax.annotate(
             r["name"], (r["time_ms"], r["accuracy_pct"]), fontsize=7, xytext=(4, 3),

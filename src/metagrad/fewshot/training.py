@@ -1,6 +1,7 @@
 """Meta-training: jitted meta-steps, periodic validation, atomic checkpoints, resume, JSONL metrics.
 
-Resuming is exact: the meta-batch of step ``t`` is a function of ``(seed, t)`` only
+The run folder behaves as every training command's (:mod:`metagrad.runs`). Resuming is exact:
+the meta-batch of step ``t`` is a function of ``(seed, t)`` only
 (``metagrad.data.episodes_at``), the checkpoint holds the meta-parameters and the outer optimiser
 state after its step, and on resume the metrics file is cut back to the checkpoint's step. A run
 killed at any moment and resumed writes the same metrics as an uninterrupted run (tested).
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import math
 import os
 import time
 from pathlib import Path
@@ -22,18 +23,27 @@ import optax
 from jax.sharding import Mesh
 
 from metagrad import checkpoints
-from metagrad.data import Splits, episodes_at, load_glyphs, miniimagenet_splits, omniglot_splits
+from metagrad.data import (
+    ClassDataset,
+    Splits,
+    episodes_at,
+    load_glyphs,
+    miniimagenet_splits,
+    omniglot_splits,
+)
+from metagrad.fewshot.adaptation import FINITE
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
+from metagrad.fewshot.network import n_layers
 from metagrad.fewshot.patterns import Pattern
 from metagrad.fewshot.sharding import shard_fewshot_meta_step
-from metagrad.files import save_figure, write_text
+from metagrad.files import save_figure
 from metagrad.models import Conv4
+from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
+from metagrad.runs import CHECKPOINTS, METRICS, MetricsLog, read_metrics, start_run
+from metagrad.validation import require_one_of
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
-CHECKPOINTS = "checkpoints"
-_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
-METRICS = "metrics.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +91,12 @@ class TrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}; got {self.dataset!r}.")
+        require_one_of("dataset", self.dataset, DATASETS)
         if self.dataset != "glyphs" and not self.data_root:
             raise ValueError(
                 f"data_root is required for dataset={self.dataset!r}: the folder holding it."
             )
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {self.algorithm!r}.")
+        require_one_of("algorithm", self.algorithm, ALGORITHMS)
         for name in ("ways", "shots", "queries", "steps", "meta_batch", "iterations", "channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -96,6 +104,16 @@ class TrainConfig:
         for name in ("val_every", "val_tasks", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        if self.test_steps is not None and (
+            not isinstance(self.test_steps, int) or self.test_steps < 1
+        ):
+            raise ValueError(
+                f"test_steps must be a positive int (or None: steps); got {self.test_steps!r}."
+            )
+        for name in ("inner_lr", "outer_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""
@@ -185,43 +203,33 @@ def _placed(step_fn: Any, state: dict[str, Any]) -> dict[str, Any]:
     return plan.put_params(state) if plan is not None else state
 
 
-def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    """The configuration fields a resumed run must share with its checkpoint."""
-    return {k: v for k, v in config.items() if k not in _EXTENSIBLE}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keeps only metric lines of steps ≤ ``step`` (those the checkpoint already covers)."""
-    if not path.exists():
-        return
-    keep = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    write_text(path, "".join(line + "\n" for line in keep))
-
-
 def train(
     config: TrainConfig,
     out: str | os.PathLike[str],
     *,
     splits: Splits | None = None,
-    resume: bool = True,
+    restart: bool = False,
+    on_nonfinite: str = "stop",
     show_progress: bool = True,
     stop_after: int | None = None,
     mesh: Mesh | None = None,
     params: str = "replicate",
 ) -> dict[str, Any]:
-    """Meta-trains, resuming from the newest checkpoint in ``out/checkpoints`` when there is one.
+    """Meta-trains in the run folder ``out``, resuming the run there if it holds one.
 
-    Checkpoints (``metagrad.checkpoints``: orbax, the last two kept) hold the meta-parameters and
-    the outer optimiser state; with a mesh each process writes its own shards. If the newest
-    checkpoint is damaged, the run resumes from the one before (with a warning).
+    The folder behaves as every training command's (:mod:`metagrad.runs`): resumed from the
+    newest readable checkpoint (orbax, the last two kept; a damaged newest one falls back to the
+    one before, with a warning), the metrics log cut back to it, nothing of an earlier run
+    deleted. With a mesh each process writes its own shards.
 
     Args:
       config: the run.
-      out: output folder (``checkpoints/``, ``metrics.jsonl``).
+      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
       splits: datasets (default: loaded from ``config``).
-      resume: continue from an existing checkpoint (else start over and overwrite).
+      restart: start over; the earlier run's files move to ``out/previous/<n>/``.
+      on_nonfinite: a step with a non-finite loss or meta-gradient is not applied, and then
+        ``"stop"`` raises ``metagrad.NonFiniteError`` (the checkpoints on disk are the last finite
+        ones) or ``"skip"`` logs a ``"skipped"`` line and goes on.
       show_progress: rich progress bar on stderr.
       stop_after: stop after this step without a final checkpoint (simulates a kill; tests).
       mesh: a device mesh (``metagrad.distributed.make_mesh``): the meta-batch of tasks is
@@ -232,62 +240,32 @@ def train(
         along the mesh's ``"model"`` axis.
 
     Returns:
-      ``{"meta": ..., "step": ..., "last": last train metrics, "val": last validation}``.
+      ``{"meta": ..., "step": ..., "last": last train metrics, "val": last validation,
+      "skipped": steps skipped}``.
     """
+    require_one_of("on_nonfinite", on_nonfinite, ("stop", "skip"))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     splits = splits if splits is not None else load_splits(config)
     model = make_model(config, splits)
+    check_run_fits(config, splits, model)
     algorithm = config.make_algorithm()
-    ckpt_dir, metrics_path = out / CHECKPOINTS, out / METRICS
+    ckpt_dir = out / CHECKPOINTS
     # With several processes (hosts) they all compute every step; process 0 alone writes files.
     primary = jax.process_index() == 0
-    start = 0
-    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
-        raise ValueError(
-            f"train: {out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be "
-            f"resumed (checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out "
-            "folder or pass resume=False (--no-resume) to start over."
-        )
-    fresh = initial_state(config, model, algorithm)
     step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
-    if resume and checkpoints.latest_step(ckpt_dir) is not None:
-        saved_config = checkpoints.load_metadata(ckpt_dir).metadata["config"]
-        if _resumable(saved_config) != _resumable(dataclasses.asdict(config)):
-            raise ValueError(
-                f"train: {ckpt_dir} was written by a different configuration; use another --out "
-                "folder or pass resume=False (--no-resume) to start over."
-            )
-        # The configuration first: another configuration may have another state structure.
-        saved = checkpoints.load_checkpoint(ckpt_dir, target=_placed(step_fn, fresh))
-        if saved.step > config.iterations:
-            raise ValueError(
-                f"train: {ckpt_dir} is at step {saved.step}, beyond iterations="
-                f"{config.iterations}; pass more iterations or another --out folder."
-            )
-        meta, opt_state, start = saved.state["meta"], saved.state["opt_state"], saved.step
-        if primary:
-            _truncate_metrics(metrics_path, start)
-    else:
-        meta, opt_state = fresh["meta"], fresh["opt_state"]
-        if primary:
-            metrics_path.unlink(missing_ok=True)
+    start = start_run(
+        out,
+        config=dataclasses.asdict(config),
+        fresh=lambda: _placed(step_fn, initial_state(config, model, algorithm)),
+        extensible=_EXTENSIBLE,
+        restart=restart,
+        primary=primary,
+    )
+    meta, opt_state = start.state["meta"], start.state["opt_state"]
     last: dict[str, Any] = {}
     val: dict[str, Any] = {}
-
-    saved_step = start if start else None
-
-    def checkpoint(step: int) -> None:
-        nonlocal saved_step
-        if step == saved_step:  # the final checkpoint falls on a periodic one
-            return
-        checkpoints.save_checkpoint(
-            ckpt_dir,
-            {"meta": meta, "opt_state": opt_state},
-            step=step,
-            metadata={"config": dataclasses.asdict(config)},
-        )
-        saved_step = step
+    skipped = 0
+    saved_step = start.step if start.step else None
 
     from metagrad.progress import progress_bar  # rich; imported lazily
 
@@ -295,10 +273,26 @@ def train(
     task_id = None
     if bar is not None:
         bar.start()
-        task_id = bar.add_task("meta-train", total=config.iterations, completed=start, status="")
+        task_id = bar.add_task(
+            "meta-train", total=config.iterations, completed=start.step, status=""
+        )
     try:
-        with open(metrics_path if primary else os.devnull, "a") as log:
-            for step in range(start + 1, config.iterations + 1):
+        with MetricsLog(out / METRICS, enabled=primary) as log:
+
+            def checkpoint(step: int) -> None:
+                nonlocal saved_step
+                if step == saved_step:  # the final checkpoint falls on a periodic one
+                    return
+                log.sync()  # the log covers the checkpoint before the checkpoint exists
+                checkpoints.save_checkpoint(
+                    ckpt_dir,
+                    {"meta": meta, "opt_state": opt_state},
+                    step=step,
+                    metadata={"config": dataclasses.asdict(config)},
+                )
+                saved_step = step
+
+            for step in range(start.step + 1, config.iterations + 1):
                 t0 = time.perf_counter()
                 episodes = episodes_at(
                     splits.train,
@@ -310,6 +304,16 @@ def train(
                     step - 1,
                 )
                 meta, opt_state, m = step_fn(meta, opt_state, tuple(episodes))
+                try:
+                    raise_if_nonfinite(
+                        step, {"outer (query) loss": m["loss"]}, meta_grad_flags=m[FINITE]
+                    )
+                except NonFiniteError as err:
+                    if on_nonfinite == "stop":
+                        raise
+                    skipped += 1  # the meta-step did not apply it: meta is unchanged
+                    log.write({"step": step, "kind": "skipped", "reason": "; ".join(err.what)})
+                    continue
                 last = {
                     "step": step,
                     "kind": "train",
@@ -331,8 +335,8 @@ def train(
                         steps=config.test_steps,
                     )
                     val = {"step": step, "kind": "val", **ev.as_dict()}
-                    log.write(json.dumps(val) + "\n")
-                log.write(json.dumps(last) + "\n")
+                    log.write(val)
+                log.write(last)
                 log.flush()
                 if bar is not None:
                     status = f"loss {last['loss']:.3f} acc {100 * last['accuracy']:.1f}%"
@@ -340,14 +344,60 @@ def train(
                         status += f" val {val['accuracy_pct']:.1f}%"
                     bar.update(task_id, completed=step, status=status)
                 if stop_after is not None and step >= stop_after:
-                    return {"meta": meta, "step": step, "last": last, "val": val, "killed": True}
+                    return {"meta": meta, "step": step, "last": last, "val": val, "killed": True,
+                            "skipped": skipped}  # fmt: skip
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint(step)
-        checkpoint(config.iterations)
+            if checkpoints.latest_step(ckpt_dir) != config.iterations:
+                checkpoint(config.iterations)
     finally:
         if bar is not None:
             bar.stop()
-    return {"meta": meta, "step": config.iterations, "last": last, "val": val, "model": model}
+    return {"meta": meta, "step": config.iterations, "last": last, "val": val, "model": model,
+            "skipped": skipped}  # fmt: skip
+
+
+def check_run_fits(config: TrainConfig, splits: Splits, model: Conv4) -> None:
+    """Fails before any work when an episode does not fit a split the run samples (training,
+    validation if it validates, and test, which ``fewshot eval`` samples), or the pattern does not
+    fit the model.
+
+    Raises:
+      ValueError: naming the split or the pattern, the flag and what would fit.
+    """
+    if config.pattern is not None:
+        check_pattern_fits(Pattern.parse(config.pattern), model)
+    for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if name != "val" or (config.val_every and config.val_tasks):
+            check_episodes_fit(split, name, config.ways, config.shots, config.queries)
+
+
+def check_pattern_fits(pattern: Pattern, model: Conv4) -> None:
+    """Raises a ``ValueError`` unless ``pattern`` has one column per layer of ``model``."""
+    layers = n_layers(model)
+    if pattern.layers != layers:
+        raise ValueError(
+            f"pattern has {pattern.layers} column(s) but the model has {layers} layers "
+            f"({layers - 1} blocks and the head): give one column per layer, e.g. "
+            f"{Pattern.full(pattern.steps, layers).code!r} (all layers at every step)."
+        )
+
+
+def check_episodes_fit(split: ClassDataset, name: str, ways: int, shots: int, queries: int) -> None:
+    """Raises a ``ValueError`` unless ``split`` has ``ways`` classes with ``shots + queries``
+    images each, naming the split, the flags and the largest values that fit."""
+    if ways > split.n_classes:
+        raise ValueError(
+            f"ways={ways} but the {name} split ({split.name or 'dataset'}) has {split.n_classes} "
+            f"classes; use --ways {split.n_classes} or fewer."
+        )
+    smallest = int(np.min(split.class_sizes))
+    if shots + queries > smallest:
+        raise ValueError(
+            f"shots + queries = {shots + queries} but the smallest class of the {name} split "
+            f"({split.name or 'dataset'}) has {smallest} images; lower --shots or --queries so "
+            f"that they sum to at most {smallest}."
+        )
 
 
 def plot_metrics(
@@ -360,7 +410,7 @@ def plot_metrics(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x]
+    lines = read_metrics(metrics)
     tr = [x for x in lines if x["kind"] == "train"]
     va = [x for x in lines if x["kind"] == "val"]
     path = Path(path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,71 +35,47 @@ import numpy as np
 import optax
 
 from metagrad.meta.lm_task import (
-    LMSpec,
+    LMRunConfig,
     count_params,
     eval_indices,
     load_corpus,
     mean_loss,
     outer_indices,
-    validate_run_config,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
-from metagrad.meta.runner import METRICS, Arm, read_metrics, run_arms
+from metagrad.meta.runner import Arm, run_experiment
+from metagrad.nonfinite import raise_if_nonfinite
+from metagrad.runs import METRICS, read_metrics
 from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
 
 DEFAULT_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
 
 
 @dataclasses.dataclass(frozen=True)
-class LRConfig:
-    """Everything that defines a learned-learning-rate run (stored in the checkpoint).
+class LRConfig(LMRunConfig):
+    """Everything that defines a learned-learning-rate run: :class:`LMRunConfig`'s fields and
 
     Attributes:
-      text: a local text file or folder (None: the Python standard library's sources).
-      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``).
-      steps: inner steps T per window (truncated unroll).
-      meta_steps: windows; every arm takes ``meta_steps * steps`` inner steps.
-      batch: training sequences per inner step.
-      outer_batch: validation sequences in each meta-objective.
-      width, depth, heads, seq: the decoder LM and the sequence length in bytes.
       grid: the fixed learning rates of the baselines.
       init_lr: initial learned learning rate of every group (None: the grid's geometric middle).
       meta_lr: Adam learning rate of the log-learning-rates.
-      eval_sequences: validation (and test) sequences of each evaluation.
-      eval_every: evaluation period in meta-steps.
-      checkpoint_every: checkpoint period in meta-steps.
-      seed: seed of the data order and the initialisation.
     """
 
-    text: str | None = None
-    mode: str = "mixflow"
     steps: int = 16
     meta_steps: int = 75
-    batch: int = 16
-    outer_batch: int = 32
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    seq: int = 128
+    meta_lr: float | None = 0.1
+    eval_every: int = 5
     grid: tuple[float, ...] = DEFAULT_GRID
     init_lr: float | None = None
-    meta_lr: float = 0.1
-    eval_sequences: int = 512
-    eval_every: int = 5
-    checkpoint_every: int = 10
-    seed: int = 0
+
+    POSITIVE_OR_NONE = ("init_lr", "meta_lr")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(float(x) for x in self.grid))
-        validate_run_config(self, positive_or_none=("init_lr", "meta_lr"))
+        super().__post_init__()
         if not self.grid or any(not lr > 0 for lr in self.grid):
             raise ValueError(f"grid must be positive learning rates; got {self.grid!r}.")
-
-    @property
-    def spec(self) -> LMSpec:
-        """The decoder LM's sizes."""
-        return LMSpec(self.width, self.depth, self.heads, self.seq)
 
     @property
     def initial_lr(self) -> float:
@@ -239,6 +214,11 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
             state["meta"], state["meta_state"], state["params"], state["opt_state"],
             batches(step), outer,
         )  # fmt: skip
+        raise_if_nonfinite(
+            step,
+            {"outer value": window.outer, "inner losses": window.inner_losses},
+            meta_grad=window.meta_grad,
+        )
         new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
                "meta_state": meta_state}  # fmt: skip
         rates = np.exp(np.asarray(meta["log_lr"]))
@@ -256,43 +236,30 @@ def run_learning_rates(
     out: str | os.PathLike[str],
     *,
     data: LRData | None = None,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Trains the grid and the learned arm (resuming with ``resume``) and summarises.
+    """Trains the grid and the learned arm in ``out`` and summarises; a run there is resumed.
 
     Args:
       config: the run.
-      out: output folder (``checkpoints/``, ``metrics.jsonl``).
+      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
       data: the prepared data (default: :func:`prepare_data`).
-      resume: continue from an existing checkpoint.
-      show_progress: rich progress bars on stderr.
-      stop_after: stop after this meta-step (simulates a kill; tests).
+      **options: ``restart``, ``on_nonfinite``, ``show_progress``, ``stop_after`` of
+        :func:`metagrad.meta.runner.run_experiment`.
 
     Returns:
-      A JSON-ready summary; ``killed`` is True if stopped by ``stop_after``.
+      A JSON-ready summary (see :func:`summarise`); ``{"killed": True, ...}`` if stopped by ``stop_after``.
     """
-    data = data if data is not None else prepare_data(config, progress=show_progress)
-    arms = make_arms(config, data)
-    start = time.perf_counter()
-    result = run_arms(
-        arms,
-        config=dataclasses.asdict(config),
-        out=out,
-        steps=config.meta_steps,
-        eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
-        resume=resume,
-        show_progress=show_progress,
-        stop_after=stop_after,
+    if data is None:
+        data = prepare_data(config, progress=options.get("show_progress", True))
+    return run_experiment(
+        config,
+        out,
+        make_arms(config, data),
         title=f"meta lr (T={config.steps}, {config.mode})",
-        extensible=("meta_steps", "eval_every", "checkpoint_every"),
+        summarise=lambda states, folder, wall: summarise(config, data, states, folder, wall),
+        **options,
     )
-    wall = time.perf_counter() - start
-    if result["killed"]:
-        return {"killed": True, "step": result["step"]}
-    return summarise(config, data, result["states"], Path(out), wall)
 
 
 def summarise(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,56 @@ def validate_run_config(
         value = getattr(config, name)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0; got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMRunConfig:
+    """What every online meta-learning run on the byte-level LM has (stored in the checkpoint).
+
+    Attributes:
+      text: a local text file or folder (None: the Python standard library's sources).
+      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``).
+      steps: inner steps T per window (truncated unroll).
+      meta_steps: windows (meta-steps); every arm takes ``meta_steps * steps`` inner steps.
+      batch: training sequences per inner step.
+      outer_batch: validation sequences in each meta-objective.
+      width, depth, heads, seq: the decoder LM and the sequence length in bytes.
+      meta_lr: Adam learning rate of the meta-parameters.
+      eval_sequences: validation (and test) sequences of each evaluation.
+      eval_every: evaluation period in meta-steps.
+      checkpoint_every: checkpoint period in meta-steps.
+      seed: seed of the data order and the initialisations.
+    """
+
+    text: str | None = None
+    mode: str = "mixflow"
+    steps: int = 4
+    meta_steps: int = 100
+    batch: int = 16
+    outer_batch: int = 32
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    seq: int = 128
+    meta_lr: float | None = None
+    eval_sequences: int = 512
+    eval_every: int = 10
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    # Fields of a subclass that must be positive ints, or None / > 0 (learning rates).
+    POSITIVE_INTS: ClassVar[tuple[str, ...]] = ()
+    POSITIVE_OR_NONE: ClassVar[tuple[str, ...]] = ("meta_lr",)
+
+    def __post_init__(self) -> None:
+        validate_run_config(
+            self, positive_ints=self.POSITIVE_INTS, positive_or_none=self.POSITIVE_OR_NONE
+        )
+
+    @property
+    def spec(self) -> LMSpec:
+        """The decoder LM's sizes."""
+        return LMSpec(self.width, self.depth, self.heads, self.seq)
 
 
 def load_corpus(text: str | None, seq: int, *, progress: bool = True) -> TextDataset:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +35,22 @@ from metagrad.data.text import stdlib_prose
 from metagrad.meta.auc import roc_auc
 from metagrad.meta.corruption import CORRUPTIONS, corrupt
 from metagrad.meta.lm_task import (
-    LMSpec,
+    LMRunConfig,
     count_params,
     eval_indices,
     load_corpus,
     mean_loss,
     outer_indices,
     sequence_losses,
-    validate_run_config,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
-from metagrad.meta.runner import METRICS, Arm, read_metrics, run_arms
+from metagrad.meta.runner import Arm, run_experiment
 from metagrad.meta.weighting import WEIGHTINGS, WeightModel, make_weight_model, weighted_mean
+from metagrad.nonfinite import raise_if_nonfinite
+from metagrad.runs import METRICS, read_metrics
 from metagrad.transforms import EPS_ROOT
+from metagrad.validation import require_one_of
 
 ARMS: tuple[str, ...] = ("uniform", "oracle", "learned")
 #: Adam learning rate of the meta-parameters when ``meta_lr`` is not given, per weight model.
@@ -57,76 +58,41 @@ DEFAULT_META_LR = {"per-example": 0.3, "scorer": 0.01}
 
 
 @dataclasses.dataclass(frozen=True)
-class ReweightConfig:
-    """Everything that defines a reweighting run (stored in the checkpoint).
+class ReweightConfig(LMRunConfig):
+    """Everything that defines a reweighting run: :class:`LMRunConfig`'s fields and
 
     Attributes:
-      text: a local text file or folder (None: the Python standard library's sources).
       domain_text: out-of-domain text file for ``corruption="domain"`` (None: the Python
         documentation's prose, :func:`metagrad.data.stdlib_prose`).
       corruption: ``"shuffle"``, ``"random"`` or ``"domain"``.
       fraction: fraction p of corrupted training sequences.
       weights: ``"per-example"`` (one logit per sequence) or ``"scorer"`` (an MLP on features).
       scorer_hidden: hidden units of the scorer.
-      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``).
-      steps: inner steps T per window (truncated unroll).
-      meta_steps: windows (meta-steps); every arm takes ``meta_steps * steps`` inner steps.
-      batch: training sequences per inner step.
-      outer_batch: validation sequences in each meta-objective.
       train_sequences: size of the (partly corrupted) training pool.
-      width, depth, heads, seq: the decoder LM and the sequence length in bytes.
       lr: inner Adam learning rate.
       meta_lr: Adam learning rate of the meta-parameters (None: :data:`DEFAULT_META_LR`).
-      eval_sequences: validation (and test) sequences of each evaluation.
-      eval_every: evaluation period in meta-steps.
-      checkpoint_every: checkpoint period in meta-steps.
-      seed: seed of the data subset, corruption, order and initialisations.
     """
 
-    text: str | None = None
+    meta_steps: int = 300
+    eval_every: int = 20
+    checkpoint_every: int = 25
     domain_text: str | None = None
     corruption: str = "shuffle"
     fraction: float = 0.3
     weights: str = "scorer"
     scorer_hidden: int = 32
-    mode: str = "mixflow"
-    steps: int = 4
-    meta_steps: int = 300
-    batch: int = 16
-    outer_batch: int = 32
     train_sequences: int = 2048
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    seq: int = 128
     lr: float = 3e-3
-    meta_lr: float | None = None
-    eval_sequences: int = 512
-    eval_every: int = 20
-    checkpoint_every: int = 25
-    seed: int = 0
+
+    POSITIVE_INTS = ("train_sequences", "scorer_hidden")
+    POSITIVE_OR_NONE = ("lr", "meta_lr")
 
     def __post_init__(self) -> None:
-        if self.corruption not in CORRUPTIONS:
-            raise ValueError(
-                f"corruption must be one of {', '.join(CORRUPTIONS)}; got {self.corruption!r}."
-            )
-        if self.weights not in WEIGHTINGS:
-            raise ValueError(
-                f"weights must be one of {', '.join(WEIGHTINGS)}; got {self.weights!r}."
-            )
-        validate_run_config(
-            self,
-            positive_ints=("train_sequences", "scorer_hidden"),
-            positive_or_none=("lr", "meta_lr"),
-        )
+        require_one_of("corruption", self.corruption, CORRUPTIONS)
+        require_one_of("weights", self.weights, WEIGHTINGS)
+        super().__post_init__()
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1); got {self.fraction!r}.")
-
-    @property
-    def spec(self) -> LMSpec:
-        """The decoder LM's sizes."""
-        return LMSpec(self.width, self.depth, self.heads, self.seq)
 
     @property
     def effective_meta_lr(self) -> float:
@@ -285,6 +251,11 @@ def make_arms(config: ReweightConfig, data: ReweightData) -> dict[str, Arm]:
             state["meta"], state["meta_state"], state["params"], state["opt_state"],
             batches(index), outer,
         )  # fmt: skip
+        raise_if_nonfinite(
+            step,
+            {"outer value": window.outer, "inner losses": window.inner_losses},
+            meta_grad=window.meta_grad,
+        )
         new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
                "meta_state": meta_state}  # fmt: skip
         return new, {"loss": jnp.mean(window.inner_losses), "outer": window.outer,
@@ -311,44 +282,31 @@ def run_reweight(
     out: str | os.PathLike[str],
     *,
     data: ReweightData | None = None,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Trains the three arms (resuming from ``out/checkpoints/`` with ``resume``) and summarises.
+    """Trains the three arms (uniform, oracle, learned) in ``out`` and summarises; a run there is resumed.
 
     Args:
       config: the run.
-      out: output folder (``checkpoints/``, ``metrics.jsonl``).
+      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
       data: the prepared data (default: :func:`prepare_data`).
-      resume: continue from an existing checkpoint.
-      show_progress: rich progress bars on stderr.
-      stop_after: stop after this meta-step (simulates a kill; tests).
+      **options: ``restart``, ``on_nonfinite``, ``show_progress``, ``stop_after`` of
+        :func:`metagrad.meta.runner.run_experiment`.
 
     Returns:
-      A JSON-ready summary (see :func:`summarise`), with the learned ``weights`` and the
-      ``corrupted`` mask as arrays; ``killed`` is True if stopped by ``stop_after``.
+      A JSON-ready summary (see :func:`summarise`), with the learned
+      ``weights`` and the ``corrupted`` mask as arrays; ``{"killed": True, ...}`` if stopped by ``stop_after``.
     """
-    data = data if data is not None else prepare_data(config, progress=show_progress)
-    arms = make_arms(config, data)
-    start = time.perf_counter()
-    result = run_arms(
-        arms,
-        config=dataclasses.asdict(config),
-        out=out,
-        steps=config.meta_steps,
-        eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
-        resume=resume,
-        show_progress=show_progress,
-        stop_after=stop_after,
+    if data is None:
+        data = prepare_data(config, progress=options.get("show_progress", True))
+    return run_experiment(
+        config,
+        out,
+        make_arms(config, data),
         title=f"meta reweight ({config.weights}, {config.corruption} p={config.fraction})",
-        extensible=("meta_steps", "eval_every", "checkpoint_every"),
+        summarise=lambda states, folder, wall: summarise(config, data, states, folder, wall),
+        **options,
     )
-    wall = time.perf_counter() - start
-    if result["killed"]:
-        return {"killed": True, "step": result["step"]}
-    return summarise(config, data, result["states"], Path(out), wall)
 
 
 def summarise(

@@ -4,28 +4,28 @@ An experiment compares arms (e.g. uniform weighting, oracle, learned weighting) 
 by one window of T inner steps per *step*. Running them in lockstep gives one checkpoint that
 holds every arm at the same step, and one progress bar.
 
-Resuming is exact, as in :mod:`metagrad.fewshot.training`: the data of step ``s`` is a function of
-``(seed, s)`` only, the checkpoint holds every arm's state after its step, and on resume the
-metrics file is cut back to the checkpoint's step. A run killed at any moment and resumed writes
-the same metrics as an uninterrupted one (``time_s`` aside).
+The run folder behaves as every training command's (:mod:`metagrad.runs`): running the command
+again resumes from the newest readable checkpoint, exactly (the data of step ``s`` is a function
+of ``(seed, s)`` only, and the metrics file is cut back to the checkpoint's step), and nothing of
+an earlier run is deleted. A step with a non-finite loss or meta-gradient stops the run (or, with
+``on_nonfinite="skip"``, is not applied).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from metagrad import checkpoints
-from metagrad.files import write_text
+from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
+from metagrad.runs import CHECKPOINTS, METRICS, MetricsLog, start_run
 
-CHECKPOINTS = "checkpoints"
-_OLD_CHECKPOINT = "checkpoint.pkl"  # before metagrad.checkpoints used orbax
-METRICS = "metrics.jsonl"
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,27 +35,15 @@ class Arm:
     Attributes:
       init: ``() -> state``: the arm's state at step 0 (any pytree of arrays).
       advance: ``(state, step) -> (state, metrics)``: one step (a window of T inner steps).
-        ``step`` counts from 1; ``metrics`` is a dict of floats for the JSONL log.
+        ``step`` counts from 1; ``metrics`` is a dict of floats for the JSONL log. It may raise
+        ``metagrad.NonFiniteError`` (naming the meta-gradient leaves); non-finite metrics are
+        caught here in any case.
       evaluate: ``state -> metrics``: validation figures (a dict of floats, e.g. ``{"loss": ...}``).
     """
 
     init: Callable[[], Any]
     advance: Callable[[Any, int], tuple[Any, dict[str, float]]]
     evaluate: Callable[[Any], dict[str, float]]
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a ``metrics.jsonl`` file as dicts (empty if the file does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keeps only metric lines of steps ≤ ``step`` (those the checkpoint already covers)."""
-    keep = [m for m in read_metrics(path) if m["step"] <= step]
-    write_text(path, "".join(json.dumps(m) + "\n" for m in keep))
 
 
 def run_arms(
@@ -66,7 +54,8 @@ def run_arms(
     steps: int,
     eval_every: int,
     checkpoint_every: int,
-    resume: bool = False,
+    restart: bool = False,
+    on_nonfinite: str = "stop",
     show_progress: bool = True,
     stop_after: int | None = None,
     title: str = "training",
@@ -78,71 +67,41 @@ def run_arms(
       arms: the arms by name (the order is the order of the log lines).
       config: the run's configuration (JSON-ready); stored in the checkpoint, and a resumed run
         must match it except for the ``extensible`` fields.
-      out: output folder (``checkpoints/``, ``metrics.jsonl``).
+      out: output folder (``checkpoints/``, ``metrics.jsonl``); a run there is resumed.
       steps: number of steps (windows).
       eval_every: evaluate every arm every this many steps (and at step 0 and at the end).
       checkpoint_every: checkpoint period in steps (0: only at the end).
-      resume: continue from the newest checkpoint in ``out/checkpoints`` if there is one (else
-        start over). A damaged newest checkpoint falls back to the one before (with a warning).
+      restart: start over; the earlier run's files move to ``out/previous/<n>/``.
+      on_nonfinite: ``"stop"`` (raise ``metagrad.NonFiniteError``; the checkpoints on disk are
+        the last finite ones) or ``"skip"`` (the arm keeps its state; a ``"skipped"`` line is
+        logged).
       show_progress: rich progress bar on stderr.
       stop_after: stop after this step without a final checkpoint (simulates a kill; tests).
       title: the progress bar's label.
       extensible: configuration fields that may differ from the checkpoint's.
 
     Returns:
-      ``{"states": {name: state}, "step": last step, "killed": bool}``.
+      ``{"states": {name: state}, "step": last step, "killed": bool, "skipped": count}``.
     """
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}.")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir, metrics_path = out / CHECKPOINTS, out / METRICS
-    config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples as lists)
-    start = 0
-    if resume and checkpoints.latest_step(ckpt_dir) is None and (out / _OLD_CHECKPOINT).exists():
-        raise ValueError(
-            f"{out / _OLD_CHECKPOINT} was written by an older metagrad and cannot be resumed "
-            f"(checkpoints are now orbax folders in {CHECKPOINTS}/); use another --out folder or "
-            "start over without --resume."
-        )
-    states = {name: arm.init() for name, arm in arms.items()}
-    if resume and checkpoints.latest_step(ckpt_dir) is not None:
-        saved_config = checkpoints.load_metadata(ckpt_dir).metadata["config"]
+    start = start_run(
+        out,
+        config=config,
+        fresh=lambda: {"states": {name: arm.init() for name, arm in arms.items()}},
+        extensible=extensible,
+        restart=restart,
+    )
+    states, first = start.state["states"], start.step
+    ckpt_dir = out / CHECKPOINTS
+    skipped = 0
 
-        def fixed(c: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in c.items() if k not in extensible}
-
-        if fixed(saved_config) != fixed(config):
-            diff = sorted(
-                k for k in set(config) | set(saved_config)
-                if k not in extensible and config.get(k) != saved_config.get(k)
-            )  # fmt: skip
-            raise ValueError(
-                f"{ckpt_dir} was written by a different configuration (differs in: "
-                f"{', '.join(diff)}); use another --out folder or start over without --resume."
-            )
-        # The configuration first: another configuration may have another state structure.
-        saved = checkpoints.load_checkpoint(ckpt_dir, target={"states": states})
-        if saved.step > steps:
-            raise ValueError(
-                f"{ckpt_dir} is at step {saved.step}, beyond steps={steps}; pass more steps "
-                "or another --out folder."
-            )
-        states, start = saved.state["states"], saved.step
-        _truncate_metrics(metrics_path, start)
-    else:
-        metrics_path.unlink(missing_ok=True)
-
-    def checkpoint(step: int) -> None:
-        checkpoints.save_checkpoint(
-            ckpt_dir, {"states": states}, step=step, metadata={"config": config}
-        )
-
-    def log_eval(log: Any, step: int) -> dict[str, Any]:
+    def log_eval(log: MetricsLog, step: int) -> dict[str, Any]:
         figures = {}
         for name, arm in arms.items():
             figures[name] = arm.evaluate(states[name])
-            log.write(
-                json.dumps({"step": step, "arm": name, "kind": "val", **figures[name]}) + "\n"
-            )
+            log.write({"step": step, "arm": name, "kind": "val", **figures[name]})
         return figures
 
     from metagrad.progress import progress_bar  # rich; imported lazily
@@ -151,19 +110,37 @@ def run_arms(
     task_id = None
     if bar is not None:
         bar.start()
-        task_id = bar.add_task(title, total=steps, completed=start, status="")
+        task_id = bar.add_task(title, total=steps, completed=first, status="")
     try:
-        with open(metrics_path, "a") as log:
-            if start == 0:
+        with MetricsLog(out / METRICS) as log:
+
+            def checkpoint(step: int) -> None:
+                log.sync()  # the log covers the checkpoint before the checkpoint exists
+                checkpoints.save_checkpoint(
+                    ckpt_dir, {"states": states}, step=step, metadata={"config": config}
+                )
+
+            if first == 0:
                 log_eval(log, 0)
-            for step in range(start + 1, steps + 1):
+            for step in range(first + 1, steps + 1):
                 for name, arm in arms.items():
                     t0 = time.perf_counter()
-                    states[name], metrics = arm.advance(states[name], step)
-                    metrics = {k: float(v) for k, v in metrics.items()}
+                    try:
+                        new_state, metrics = arm.advance(states[name], step)
+                        metrics = {k: float(v) for k, v in metrics.items()}
+                        raise_if_nonfinite(step, {f"{name}: {k}": v for k, v in metrics.items()})
+                    except NonFiniteError as err:
+                        if on_nonfinite == "stop":
+                            raise
+                        skipped += 1
+                        log.write({"step": step, "arm": name, "kind": "skipped",
+                                   "reason": "; ".join(err.what)})  # fmt: skip
+                        warnings.warn(f"{name}: {err}", RuntimeWarning, stacklevel=2)
+                        continue
+                    states[name] = new_state
                     line = {"step": step, "arm": name, "kind": "train", **metrics}
                     line["time_s"] = time.perf_counter() - t0
-                    log.write(json.dumps(line) + "\n")
+                    log.write(line)
                 figures = None
                 if (eval_every and step % eval_every == 0) or step == steps:
                     figures = log_eval(log, step)
@@ -176,14 +153,61 @@ def run_arms(
                         )
                     bar.update(task_id, completed=step, status=status)
                 if stop_after is not None and step >= stop_after:
-                    return {"states": states, "step": step, "killed": True}
+                    return {"states": states, "step": step, "killed": True, "skipped": skipped}
                 if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                     checkpoint(step)
-        checkpoint(steps)
+            if first < steps or checkpoints.latest_step(ckpt_dir) != steps:
+                checkpoint(steps)
     finally:
         if bar is not None:
             bar.stop()
-    return {"states": states, "step": steps, "killed": False}
+    return {"states": states, "step": steps, "killed": False, "skipped": skipped}
+
+
+def run_experiment(
+    config: Any,
+    out: str | os.PathLike[str],
+    arms: Mapping[str, Arm],
+    *,
+    title: str,
+    summarise: Callable[[dict[str, Any], Path, float], dict[str, Any]],
+    restart: bool = False,
+    on_nonfinite: str = "stop",
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Runs the arms of an LM experiment (``metagrad meta reweight`` / ``lr``) and summarises.
+
+    Args:
+      config: an ``LMRunConfig`` (its ``meta_steps``, ``eval_every`` and ``checkpoint_every`` may
+        grow on resume).
+      out: the run folder (resumed when it holds a run).
+      arms: the arms by name.
+      title: the progress bar's label.
+      summarise: ``(states, out, wall_s) -> summary`` of a finished run.
+      restart, on_nonfinite, show_progress, stop_after: as in :func:`run_arms`.
+
+    Returns:
+      The summary, or ``{"killed": True, "step": s}`` when stopped by ``stop_after``.
+    """
+    start = time.perf_counter()
+    result = run_arms(
+        arms,
+        config=dataclasses.asdict(config),
+        out=out,
+        steps=config.meta_steps,
+        eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every,
+        restart=restart,
+        on_nonfinite=on_nonfinite,
+        show_progress=show_progress,
+        stop_after=stop_after,
+        title=title,
+        extensible=("meta_steps", "eval_every", "checkpoint_every"),
+    )
+    if result["killed"]:
+        return {"killed": True, "step": result["step"]}
+    return summarise(result["states"], Path(out), time.perf_counter() - start)
 
 
 def curves(metrics: list[dict[str, Any]], kind: str, key: str) -> dict[str, tuple[list, list]]:

@@ -1,0 +1,116 @@
+"""Classes 4-6 of the fault issue: ordinary mistakes get one clear line, checked before any work,
+and nothing is silently reinterpreted."""
+
+import re
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import metagrad
+from metagrad.cli import main
+from metagrad.fewshot.training import TrainConfig, train
+
+from .common import CONFIG, splits
+
+BAD_NUMBERS = ["0", "-2", "nan", "inf", "1e400", "x", ""]
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        (["fewshot", "train"], "--outer-lr"),
+        (["fewshot", "train"], "--inner-lr"),
+        (["fewshot", "train"], "--test-steps"),
+        (["fewshot", "train"], "--ways"),
+        (["meta", "lr"], "--meta-lr"),
+        (["meta", "reweight"], "--steps"),
+        (["bench", "meta-grad"], "--width"),
+        (["bench", "meta-grad"], "--steps"),
+        (["width", "sweep"], "--batch-size"),
+        (["check"], "--delta"),
+    ],
+)
+def test_bad_numbers_are_refused_when_parsed(command, flag, value, cli_error):
+    said = cli_error([*command, f"{flag}={value}"])
+    assert said.startswith("status 2") and f"argument {flag}: must be" in said
+    assert "Traceback" not in said
+
+
+@pytest.mark.parametrize("budget", ["0.5", "inf", "1e400", "nan", "-1GiB", "lots"])
+def test_memory_budgets_must_be_finite_sizes(budget, cli_error, tmp_path):
+    said = cli_error(["plan", f"--memory-budget={budget}"])
+    assert "--memory-budget: memory budget must be a finite size" in said
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, cli_error):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    said = cli_error(["meta", "lr", "--out", str(a_file)])
+    assert f"argument --out: '{a_file}' is a file; --out takes a folder" in said
+    assert "is a folder; give a file path" in cli_error(
+        ["bench", "meta-grad", "--json", str(tmp_path)]
+    )
+    said = cli_error(["fewshot", "train", "--out", str(a_file / "run")])
+    assert re.search(r"argument --out: .* cannot write to .*Not a directory", said)
+    assert a_file.read_text() == "mine"
+
+
+def test_library_errors_become_one_line(tmp_path, cli_error):
+    # A run folder whose checkpoint folder is a file: the command says so in one line.
+    (tmp_path / "checkpoints").write_text("")
+    said = cli_error(["fewshot", "eval", "--out", str(tmp_path)])
+    assert "checkpoints is a file, not a checkpoint folder" in said and "Traceback" not in said
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import metagrad.cli.plan
+
+    monkeypatch.setattr(metagrad.cli.plan, "run_plan", lambda args: 1 / 0)
+    assert main(["plan"]) == 1
+    err = capsys.readouterr().err
+    assert "metagrad plan: error: division by zero" in err and "--debug" in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "plan"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ways": 9}, r"ways=9 but the train split .* has 8 classes; use --ways 8"),
+        ({"queries": 6}, r"shots \+ queries = 7 but the smallest class of the train split"),
+        ({"pattern": "111/111"}, r"pattern has 3 column\(s\) but the model has 3 layers"),
+    ],
+)
+def test_episodes_and_patterns_are_checked_against_the_data_and_model_first(
+    change, message, tmp_path
+):
+    if "pattern" in change:
+        change, message = {"pattern": "11/11"}, r"pattern has 2 column\(s\) but the model has 3"
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**{**CONFIG.__dict__, **change}), tmp_path, splits=splits(),
+              show_progress=False)  # fmt: skip
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value", [("test_steps", 0), ("test_steps", -2), ("outer_lr", -1.0),
+                     ("inner_lr", float("nan")), ("dataset", "cifar")],
+)  # fmt: skip
+def test_library_configurations_refuse_what_the_cli_refuses(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{**CONFIG.__dict__, field: value})
+
+
+def test_memory_budget_needs_mode_auto():
+    with pytest.raises(ValueError, match="memory_budget is used by mode='auto' only"):
+        metagrad.Bilevel(
+            inner_loss=lambda p, m, b: jnp.sum(p**2), outer_loss=lambda p, m, b: jnp.sum(p),
+            inner_optimizer=optax.sgd(0.1), steps=2, memory_budget=2**30,
+        )  # fmt: skip
+
+
+def test_an_empty_pattern_is_refused_not_ignored(cli_error, tmp_path):
+    said = cli_error(["fewshot", "train", "--pattern", "", "--out", str(tmp_path)])
+    assert "--pattern" in said and "expected rows of 0/1" in said

@@ -196,7 +196,7 @@ def test_split_alphabets_balances_and_depends_on_seed():
         ({"min_fonts": 99}, "`min_fonts` must be between 1 and the number of fonts"),
         ({"instances_per_class": 1}, "`instances_per_class` must be at least 2"),
         ({"duplicate_threshold": 1.5}, r"`duplicate_threshold` is a correlation in \(0, 1\]"),
-        ({"split_fractions": (0.5, 0.5, 0.5)}, "`split_fractions` must be three positive"),
+        ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions must be three positive"),
         ({"image_size": 4}, "`image_size` must be >= 8"),
     ],
 )

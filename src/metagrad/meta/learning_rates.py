@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,11 @@ from metagrad.meta.lm_task import (
     load_corpus,
     mean_loss,
     outer_indices,
+    outer_tokens,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
-from metagrad.meta.runner import Arm, run_experiment
-from metagrad.nonfinite import raise_if_nonfinite
+from metagrad.meta.runner import Arm, Experiment, meta_window_arm, run_experiment, window_arm
 from metagrad.runs import METRICS, read_metrics
 from metagrad.transforms import EPS_ROOT, scale_by_learning_rates
 
@@ -187,17 +186,10 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
 
     def grid_arm(lr: float) -> Arm:
         opt = optax.adam(lr, eps_root=EPS_ROOT)
-
-        def init() -> dict[str, Any]:
-            return {"params": params0, "opt_state": opt.init(params0)}
-
-        def advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict]:
-            params, opt_state, losses = plain_window(
-                jnp.asarray(lr, jnp.float32), state["params"], state["opt_state"], batches(step)
-            )
-            return {"params": params, "opt_state": opt_state}, {"loss": jnp.mean(losses)}
-
-        return Arm(init, advance, evaluate)
+        return window_arm(
+            plain_window, jnp.asarray(lr, jnp.float32), batches=batches, evaluate=evaluate,
+            init=lambda: {"params": params0, "opt_state": opt.init(params0)},
+        )  # fmt: skip
 
     def learned_init() -> dict[str, Any]:
         meta = {"log_lr": jnp.full((len(names),), math.log(config.initial_lr), jnp.float32)}
@@ -208,58 +200,23 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
             "meta_state": meta_opt.init(meta),
         }
 
-    def learned_advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict]:
-        outer = val_tokens[outer_indices(config.seed, step, config.outer_batch, len(data.val))]
-        meta, meta_state, window = meta_step(
-            state["meta"], state["meta_state"], state["params"], state["opt_state"],
-            batches(step), outer,
-        )  # fmt: skip
-        raise_if_nonfinite(
-            step,
-            {"outer value": window.outer, "inner losses": window.inner_losses},
-            meta_grad=window.meta_grad,
-        )
-        new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
-               "meta_state": meta_state}  # fmt: skip
-        rates = np.exp(np.asarray(meta["log_lr"]))
-        metrics = {"loss": jnp.mean(window.inner_losses), "outer": window.outer}
-        metrics.update({f"lr/{n}": float(r) for n, r in zip(names, rates, strict=True)})
-        return new, metrics
+    def rates(state: dict[str, Any], _: Any) -> dict[str, float]:
+        values = np.exp(np.asarray(state["meta"]["log_lr"]))
+        return {f"lr/{n}": float(r) for n, r in zip(names, values, strict=True)}
 
     arms = {grid_name(lr): grid_arm(lr) for lr in config.grid}
-    arms["learned"] = Arm(learned_init, learned_advance, evaluate)
+    arms["learned"] = meta_window_arm(
+        meta_step, init=learned_init, batches=batches, evaluate=evaluate, metrics=rates,
+        outer_batch=lambda step: outer_tokens(config, val_tokens, step),
+    )  # fmt: skip
     return arms
 
 
-def run_learning_rates(
-    config: LRConfig,
-    out: str | os.PathLike[str],
-    *,
-    data: LRData | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Trains the grid and the learned arm in ``out`` and summarises; a run there is resumed.
-
-    Args:
-      config: the run.
-      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
-      data: the prepared data (default: :func:`prepare_data`).
-      **options: ``restart``, ``on_nonfinite``, ``show_progress``, ``stop_after`` of
-        :func:`metagrad.meta.runner.run_experiment`.
-
-    Returns:
-      A JSON-ready summary (see :func:`summarise`); ``{"killed": True, ...}`` if stopped by ``stop_after``.
-    """
-    if data is None:
-        data = prepare_data(config, progress=options.get("show_progress", True))
-    return run_experiment(
-        config,
-        out,
-        make_arms(config, data),
-        title=f"meta lr (T={config.steps}, {config.mode})",
-        summarise=lambda states, folder, wall: summarise(config, data, states, folder, wall),
-        **options,
-    )
+def run_learning_rates(config: LRConfig, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Trains the grid and the learned arm in the run folder ``out`` (resuming a run there) and summarises
+    (:func:`summarise`, with the learned rates). ``options``: ``data``, ``restart``, ``on_nonfinite``,
+    ``show_progress``, ``stop_after`` of :func:`metagrad.meta.runner.run_experiment`."""
+    return run_experiment(LEARNING_RATES, config, out, **options)
 
 
 def summarise(
@@ -342,3 +299,8 @@ def meta_gradient_builder(config: LRConfig) -> Any:
         return jax.jit(fn), (meta, params, opt_state, batches, outer)
 
     return build
+
+
+LEARNING_RATES = Experiment(
+    prepare_data, make_arms, summarise, title=lambda c: f"meta lr (T={c.steps}, {c.mode})"
+)

@@ -162,6 +162,11 @@ def outer_indices(seed: int, step: int, batch: int, pool: int) -> np.ndarray:
     return rng.choice(pool, size=min(batch, pool), replace=False)
 
 
+def outer_tokens(config: LMRunConfig, val_tokens: jax.Array, step: int) -> jax.Array:
+    """The validation sequences of window ``step``'s meta-objective (``config.outer_batch``)."""
+    return val_tokens[outer_indices(config.seed, step, config.outer_batch, len(val_tokens))]
+
+
 def eval_indices(seed: int, n: int, pool: int) -> np.ndarray:
     """A fixed random subset of ``min(n, pool)`` sequences for evaluation (sorted)."""
     rng = np.random.default_rng([seed, 0xE7A1])

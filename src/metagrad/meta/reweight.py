@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,13 @@ from metagrad.meta.lm_task import (
     load_corpus,
     mean_loss,
     outer_indices,
+    outer_tokens,
     sequence_losses,
     window_indices,
 )
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
-from metagrad.meta.runner import Arm, run_experiment
+from metagrad.meta.runner import Arm, Experiment, meta_window_arm, run_experiment, window_arm
 from metagrad.meta.weighting import WEIGHTINGS, WeightModel, make_weight_model, weighted_mean
-from metagrad.nonfinite import raise_if_nonfinite
 from metagrad.runs import METRICS, read_metrics
 from metagrad.transforms import EPS_ROOT
 from metagrad.validation import require_one_of
@@ -223,43 +223,29 @@ def make_arms(config: ReweightConfig, data: ReweightData) -> dict[str, Arm]:
         idx = jnp.asarray(index, jnp.int32)
         return {"tokens": train_tokens[idx], "index": idx}
 
+    def window(pool: np.ndarray | None) -> Callable[[int], dict[str, jax.Array]]:
+        """The batches of window ``step``: from the whole training pool, or from ``pool``."""
+
+        def of(step: int) -> dict[str, jax.Array]:
+            size = n if pool is None else len(pool)
+            index = window_indices(config.seed, step, config.steps, config.batch, size)
+            return batches(index if pool is None else pool[index])
+
+        return of
+
     def plain_init() -> dict[str, Any]:
         params = _init_params(config)
         return {"params": params, "opt_state": inner_opt.init(params)}
 
     def plain_arm(pool: np.ndarray | None) -> Arm:
-        def advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, float]]:
-            size = n if pool is None else len(pool)
-            index = window_indices(config.seed, step, config.steps, config.batch, size)
-            index = index if pool is None else pool[index]
-            params, opt_state, losses = plain_window(
-                jnp.zeros(()), state["params"], state["opt_state"], batches(index)
-            )
-            return {"params": params, "opt_state": opt_state}, {"loss": jnp.mean(losses)}
-
-        return Arm(plain_init, advance, lambda s: {"loss": mean_loss(model, s["params"],
-                                                                     data.val_eval)})  # fmt: skip
+        return window_arm(
+            plain_window, jnp.zeros(()), init=plain_init, batches=window(pool),
+            evaluate=lambda s: {"loss": mean_loss(model, s["params"], data.val_eval)},
+        )  # fmt: skip
 
     def learned_init() -> dict[str, Any]:
         meta = weight_model.init(jax.random.PRNGKey(config.seed + 1))
         return {**plain_init(), "meta": meta, "meta_state": meta_opt.init(meta)}
-
-    def learned_advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict]:
-        index = window_indices(config.seed, step, config.steps, config.batch, n)
-        outer = val_tokens[outer_indices(config.seed, step, config.outer_batch, len(data.val))]
-        meta, meta_state, window = meta_step(
-            state["meta"], state["meta_state"], state["params"], state["opt_state"],
-            batches(index), outer,
-        )  # fmt: skip
-        raise_if_nonfinite(
-            step,
-            {"outer value": window.outer, "inner losses": window.inner_losses},
-            meta_grad=window.meta_grad,
-        )
-        new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
-               "meta_state": meta_state}  # fmt: skip
-        return new, {"loss": jnp.mean(window.inner_losses), "outer": window.outer,
-                     "meta_grad_norm": optax.tree.norm(window.meta_grad)}  # fmt: skip
 
     def learned_evaluate(state: dict[str, Any]) -> dict[str, float]:
         w = learned_weights(config, weight_model, state["meta"], state["params"], data.train)
@@ -273,40 +259,22 @@ def make_arms(config: ReweightConfig, data: ReweightData) -> dict[str, Arm]:
     return {
         "uniform": plain_arm(None),
         "oracle": plain_arm(clean),
-        "learned": Arm(learned_init, learned_advance, learned_evaluate),
+        "learned": meta_window_arm(
+            meta_step,
+            init=learned_init,
+            batches=window(None),
+            evaluate=learned_evaluate,
+            outer_batch=lambda step: outer_tokens(config, val_tokens, step),
+            metrics=lambda _, w: {"meta_grad_norm": optax.tree.norm(w.meta_grad)},
+        ),
     }
 
 
-def run_reweight(
-    config: ReweightConfig,
-    out: str | os.PathLike[str],
-    *,
-    data: ReweightData | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Trains the three arms (uniform, oracle, learned) in ``out`` and summarises; a run there is resumed.
-
-    Args:
-      config: the run.
-      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
-      data: the prepared data (default: :func:`prepare_data`).
-      **options: ``restart``, ``on_nonfinite``, ``show_progress``, ``stop_after`` of
-        :func:`metagrad.meta.runner.run_experiment`.
-
-    Returns:
-      A JSON-ready summary (see :func:`summarise`), with the learned
-      ``weights`` and the ``corrupted`` mask as arrays; ``{"killed": True, ...}`` if stopped by ``stop_after``.
-    """
-    if data is None:
-        data = prepare_data(config, progress=options.get("show_progress", True))
-    return run_experiment(
-        config,
-        out,
-        make_arms(config, data),
-        title=f"meta reweight ({config.weights}, {config.corruption} p={config.fraction})",
-        summarise=lambda states, folder, wall: summarise(config, data, states, folder, wall),
-        **options,
-    )
+def run_reweight(config: ReweightConfig, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Trains the uniform, oracle and learned arms in the run folder ``out`` (resuming a run there) and summarises
+    (:func:`summarise`, with the learned ``weights`` and the ``corrupted`` mask as arrays). ``options``: ``data``, ``restart``, ``on_nonfinite``,
+    ``show_progress``, ``stop_after`` of :func:`metagrad.meta.runner.run_experiment`."""
+    return run_experiment(REWEIGHT, config, out, **options)
 
 
 def summarise(
@@ -409,3 +377,11 @@ def meta_gradient_builder(config: ReweightConfig) -> Any:
         return jax.jit(fn), (meta, params, opt_state, batches, outer)
 
     return build
+
+
+REWEIGHT = Experiment(
+    prepare_data,
+    make_arms,
+    summarise,
+    title=lambda c: f"meta reweight ({c.weights}, {c.corruption} p={c.fraction})",
+)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
 from metagrad import checkpoints
 from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
 from metagrad.runs import CHECKPOINTS, METRICS, MetricsLog, start_run
@@ -44,6 +46,76 @@ class Arm:
     init: Callable[[], Any]
     advance: Callable[[Any, int], tuple[Any, dict[str, float]]]
     evaluate: Callable[[Any], dict[str, float]]
+
+
+def window_arm(
+    window: Callable[..., tuple[Any, Any, Any]],
+    hyper: Any,
+    *,
+    init: Callable[[], Any],
+    batches: Callable[[int], Any],
+    evaluate: Callable[[Any], dict[str, float]],
+) -> Arm:
+    """An arm of plain training windows (``metagrad.meta.online.training_window``).
+
+    Args:
+      window: ``(hyper, params, opt_state, batches) -> (params, opt_state, losses)``.
+      hyper: what the window's loss and optimiser read (a fixed learning rate, or nothing).
+      init: ``() -> {"params", "opt_state"}``.
+      batches: ``step -> the window's T batches``.
+      evaluate: as in :class:`Arm`.
+    """
+
+    def advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        params, opt_state, losses = window(
+            hyper, state["params"], state["opt_state"], batches(step)
+        )
+        return {"params": params, "opt_state": opt_state}, {"loss": jnp.mean(losses)}
+
+    return Arm(init, advance, evaluate)
+
+
+def meta_window_arm(
+    meta_step: Callable[..., tuple[Any, Any, Any]],
+    *,
+    init: Callable[[], Any],
+    batches: Callable[[int], Any],
+    outer_batch: Callable[[int], Any],
+    evaluate: Callable[[Any], dict[str, float]],
+    metrics: Callable[[dict[str, Any], Any], dict[str, Any]] = lambda state, window: {},
+) -> Arm:
+    """The learned arm: one online meta-step per window (``metagrad.meta.online_meta_step``).
+
+    A window whose outer value, inner losses or meta-gradient is not finite raises
+    ``metagrad.NonFiniteError`` naming the leaves (the meta-step did not apply it).
+
+    Args:
+      meta_step: ``(meta, meta_state, params, opt_state, batches, outer) -> (meta, meta_state,
+        window)``.
+      init: ``() -> {"params", "opt_state", "meta", "meta_state"}``.
+      batches: ``step -> the window's T training batches``.
+      outer_batch: ``step -> the window's validation batch``.
+      evaluate: as in :class:`Arm`.
+      metrics: ``(new_state, window) -> extra log figures`` beside the mean inner loss and the
+        outer value.
+    """
+
+    def advance(state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        meta, meta_state, window = meta_step(
+            state["meta"], state["meta_state"], state["params"], state["opt_state"],
+            batches(step), outer_batch(step),
+        )  # fmt: skip
+        raise_if_nonfinite(
+            step,
+            {"outer value": window.outer, "inner losses": window.inner_losses},
+            meta_grad=window.meta_grad,
+        )
+        new = {"params": window.params, "opt_state": window.inner_state, "meta": meta,
+               "meta_state": meta_state}  # fmt: skip
+        figures = {"loss": jnp.mean(window.inner_losses), "outer": window.outer}
+        return new, {**figures, **metrics(new, window)}
+
+    return Arm(init, advance, evaluate)
 
 
 def run_arms(
@@ -164,35 +236,52 @@ def run_arms(
     return {"states": states, "step": steps, "killed": False, "skipped": skipped}
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An experiment on the byte-level LM (``metagrad meta reweight`` / ``lr``): its parts.
+
+    Attributes:
+      prepare_data: ``(config, progress=bool) -> data``.
+      make_arms: ``(config, data) -> {name: Arm}``.
+      summarise: ``(config, data, states, out, wall_s) -> summary`` of a finished run.
+      title: ``config -> progress bar label``.
+    """
+
+    prepare_data: Callable[..., Any]
+    make_arms: Callable[[Any, Any], Mapping[str, Arm]]
+    summarise: Callable[[Any, Any, dict[str, Any], Path, float], dict[str, Any]]
+    title: Callable[[Any], str]
+
+
 def run_experiment(
+    experiment: Experiment,
     config: Any,
     out: str | os.PathLike[str],
-    arms: Mapping[str, Arm],
     *,
-    title: str,
-    summarise: Callable[[dict[str, Any], Path, float], dict[str, Any]],
+    data: Any = None,
     restart: bool = False,
     on_nonfinite: str = "stop",
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Runs the arms of an LM experiment (``metagrad meta reweight`` / ``lr``) and summarises.
+    """Trains an experiment's arms in the run folder ``out`` (resuming a run there) and summarises.
 
     Args:
+      experiment: what to run.
       config: an ``LMRunConfig`` (its ``meta_steps``, ``eval_every`` and ``checkpoint_every`` may
         grow on resume).
-      out: the run folder (resumed when it holds a run).
-      arms: the arms by name.
-      title: the progress bar's label.
-      summarise: ``(states, out, wall_s) -> summary`` of a finished run.
+      out: the run folder (``checkpoints/``, ``metrics.jsonl``).
+      data: the prepared data (default: ``experiment.prepare_data(config)``).
       restart, on_nonfinite, show_progress, stop_after: as in :func:`run_arms`.
 
     Returns:
       The summary, or ``{"killed": True, "step": s}`` when stopped by ``stop_after``.
     """
+    if data is None:
+        data = experiment.prepare_data(config, progress=show_progress)
     start = time.perf_counter()
     result = run_arms(
-        arms,
+        experiment.make_arms(config, data),
         config=dataclasses.asdict(config),
         out=out,
         steps=config.meta_steps,
@@ -202,12 +291,13 @@ def run_experiment(
         on_nonfinite=on_nonfinite,
         show_progress=show_progress,
         stop_after=stop_after,
-        title=title,
+        title=experiment.title(config),
         extensible=("meta_steps", "eval_every", "checkpoint_every"),
     )
     if result["killed"]:
         return {"killed": True, "step": result["step"]}
-    return summarise(result["states"], Path(out), time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return experiment.summarise(config, data, result["states"], Path(out), wall)
 
 
 def curves(metrics: list[dict[str, Any]], kind: str, key: str) -> dict[str, tuple[list, list]]:

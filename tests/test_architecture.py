@@ -41,13 +41,14 @@ ENGINE = (
     "diagnostics",
     "distributed",
     "memory",
+    "nonfinite",
     "planner",
     "reversible",
     "schedules",
     "transforms",
     "unrolling",
 )
-UTILITIES = ("checkpoints", "files", "markdown", "progress", "stats")
+UTILITIES = ("checkpoints", "files", "markdown", "progress", "runs", "stats", "validation")
 APPLICATIONS = ("data", "fewshot", "meta", "models", "optim")
 HEAVY = ("matplotlib", "rich", "PIL")
 

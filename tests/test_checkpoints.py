@@ -89,7 +89,7 @@ def test_damaged_newest_falls_back_to_the_previous(saved, tmp_path):
     # Both damaged: a clear error naming the folder and what to do.
     for step in (4, 6):
         shutil.rmtree(directory / str(step) / "state")
-    with pytest.raises(ValueError, match=rf"{directory}: no checkpoint could be read .*delete"):
+    with pytest.raises(ValueError, match=rf"{directory}: no checkpoint could be read .*damaged"):
         checkpoints.load_checkpoint(directory, target=_state(0.0))
 
 

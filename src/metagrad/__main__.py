@@ -1,5 +1,8 @@
 """``python -m metagrad``: the same as the ``metagrad`` command."""
 
+import sys
+
 from metagrad.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -373,6 +373,14 @@ def _reference(case: str, overrides: dict[str, Any], reference_mode: str, delta:
     )
 
 
+# What ``--sweep P=...`` may name: the short names, then every LMSize field.
+SWEEP_ALIASES = {"T": "steps", "S": "seq", "B": "batch"}
+
+
+def _sweep_names() -> tuple[str, ...]:
+    return (*SWEEP_ALIASES, *(f.name for f in dataclasses.fields(LMSize)))
+
+
 def sweep(
     parameter: str, values: Sequence[int], modes: Sequence[str], base: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -390,7 +398,7 @@ def sweep(
     from metagrad.memory import MiB, compiled_cost
     from metagrad.progress import progress_bar
 
-    field = {"T": "steps", "S": "seq", "B": "batch"}.get(parameter, parameter)
+    field = SWEEP_ALIASES.get(parameter, parameter)
     if field not in {f.name for f in dataclasses.fields(LMSize)}:
         raise ValueError(
             f"--sweep: unknown parameter {parameter!r}; use T (inner steps), S (sequence length), "
@@ -426,3 +434,6 @@ def per_step_growth(rows: Sequence[dict[str, Any]], mode: str) -> float:
         return float("nan")
     t, m = np.array(points, dtype=float).T
     return float(np.polyfit(t, m, 1)[0])
+
+
+SWEEP_NAMES: tuple[str, ...] = _sweep_names()

@@ -209,6 +209,13 @@ def _parse_sweep(text: str) -> tuple[str, list[int]]:
             f"metagrad bench meta-grad: --sweep expects P=V1,V2,... with positive "
             f"integers, e.g. T=2,4,8,16; got {text!r}."
         )
+    from metagrad.bench.meta_grad import SWEEP_NAMES
+
+    if name.strip() not in SWEEP_NAMES:
+        raise SystemExit(
+            f"metagrad bench meta-grad: --sweep {name.strip()!r} is not a size of the LM case; "
+            f"use one of {', '.join(SWEEP_NAMES)} (T: inner steps, S: sequence length, B: batch)."
+        )
     return name.strip(), parsed
 
 
@@ -345,6 +352,7 @@ def run_maml(args: argparse.Namespace) -> int:
     from metagrad.bench import maml
     from metagrad.bench.report import console, print_table
     from metagrad.cli.output import write_results
+    from metagrad.fewshot.patterns import Pattern
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -363,7 +371,17 @@ def run_maml(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"metagrad bench maml: --conv-impl must be auto, im2col or lax; got {args.conv_impl!r}."
         )
-    patterns = [p.strip() for p in args.patterns.split(",")] if args.patterns else None
+    patterns = [p.strip() for p in args.patterns.split(",")] if args.patterns is not None else None
+    for code in patterns or ():
+        try:
+            pattern = Pattern.parse(code)
+        except ValueError as err:
+            raise SystemExit(f"metagrad bench maml: --patterns: {err}") from None
+        if pattern.steps != args.steps:
+            raise SystemExit(
+                f"metagrad bench maml: --patterns {code!r} has {pattern.steps} rows but --steps is "
+                f"{args.steps}; give one row per inner step."
+            )
     rows = maml.run(
         modes,
         ways=args.ways,

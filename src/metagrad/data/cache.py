@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,13 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(override).expanduser()
     env = os.environ.get(CACHE_ENV_VAR)
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"{CACHE_ENV_VAR}={env!r} is a file; it must name a folder for cached datasets "
+                f"(unset it to use ~/.cache/metagrad)."
+            )
+        return path
     return Path.home() / ".cache" / "metagrad"
 
 
@@ -44,6 +51,28 @@ def config_digest(config: Any) -> str:
     """Short stable hash of a JSON-serialisable configuration, used in cache file names."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_cache(path: str | os.PathLike[str], **arrays: np.ndarray) -> bool:
+    """Writes a dataset cache file; if the cache folder is unusable, warns and goes on.
+
+    A cache only saves time: a folder that cannot be written (read-only, a file in the way) is
+    no reason to stop a run. The warning names the folder and :data:`CACHE_ENV_VAR`.
+
+    Returns:
+      Whether the file was written.
+    """
+    try:
+        save_npz_atomic(path, **arrays)
+    except OSError as err:
+        warnings.warn(
+            f"could not write the dataset cache {path} ({err.strerror or err}); the data is "
+            f"rebuilt next time. Set {CACHE_ENV_VAR} to a writable folder to keep it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def save_npz_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:

@@ -56,7 +56,7 @@ from metagrad.progress import progress_bar
 
 from .alphabets import alphabet_of, character_name, is_glyph_candidate
 from .cache import cache_dir as resolve_cache_dir
-from .cache import config_digest, save_npz_atomic
+from .cache import config_digest, save_cache
 from .class_dataset import ClassDataset, Splits, check_split_fractions
 from .rendering import (
     DEFAULT_FONTS,
@@ -256,7 +256,7 @@ def load_glyphs(
                 f"glyph cache file {path} is unreadable ({error}); rebuilding it", stacklevel=2
             )
     arrays = build_glyph_arrays(config, progress=progress)
-    save_npz_atomic(path, **arrays)
+    save_cache(path, **arrays)
     return _assemble(arrays, config, path, from_cache=False)
 
 

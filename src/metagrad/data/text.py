@@ -42,7 +42,7 @@ import numpy as np
 from metagrad.progress import progress_bar
 
 from .cache import cache_dir as resolve_cache_dir
-from .cache import config_digest, save_npz_atomic
+from .cache import config_digest, save_cache
 from .class_dataset import check_split_fractions
 
 # Bump when the build procedure changes, so that old cache files are not reused.
@@ -231,7 +231,7 @@ def load_stdlib_text(
                 f"text cache file {path} is unreadable ({error}); rebuilding it", stacklevel=2
             )
     arrays = _build(root, stdlib_files(root), config, progress)
-    save_npz_atomic(path, **arrays)
+    save_cache(path, **arrays)
     return _assemble(arrays, config, root, path)
 
 

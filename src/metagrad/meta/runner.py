@@ -200,7 +200,9 @@ def run_arms(
                     try:
                         new_state, metrics = arm.advance(states[name], step)
                         metrics = {k: float(v) for k, v in metrics.items()}
-                        raise_if_nonfinite(step, {f"{name}: {k}": v for k, v in metrics.items()})
+                        raise_if_nonfinite(
+                            step, {f"{k} (arm {name})": v for k, v in metrics.items()}
+                        )
                     except NonFiniteError as err:
                         if on_nonfinite == "stop":
                             raise

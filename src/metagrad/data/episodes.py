@@ -111,12 +111,7 @@ def sample_episode_indices(
     """Draw the classes and image indices of ``meta_batch`` episodes, without gathering pixels.
 
     Args:
-        dataset: as in :func:`sample_episodes`.
-        ways: as in :func:`sample_episodes`.
-        shots: as in :func:`sample_episodes`.
-        queries: as in :func:`sample_episodes`.
-        meta_batch: as in :func:`sample_episodes`.
-        rng: as in :func:`sample_episodes`.
+        dataset, ways, shots, queries, meta_batch, rng: as in :func:`sample_episodes`.
 
     Returns:
         The :class:`EpisodeIndex`; within each (task, class) the ``shots + queries`` images are
@@ -235,12 +230,7 @@ def episodes_at(
     """The meta-batch of step ``step`` of the stream :func:`iterate_episodes` yields.
 
     Args:
-        dataset: as in :func:`sample_episodes`.
-        ways: as in :func:`sample_episodes`.
-        shots: as in :func:`sample_episodes`.
-        queries: as in :func:`sample_episodes`.
-        meta_batch: as in :func:`sample_episodes`.
-        dtype: as in :func:`sample_episodes`.
+        dataset, ways, shots, queries, meta_batch, dtype: as in :func:`sample_episodes`.
         seed: base seed.
         step: the step number (>= 0).
 

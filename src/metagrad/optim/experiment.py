@@ -9,7 +9,6 @@ an argument of the compiled function, so a learning-rate grid costs one compilat
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from metagrad.optim.parameterization import (
     OPTIMIZERS,
     PARAMETERIZATIONS,
     BaseShapes,
+    attention_logit_scale,
     base_shapes,
     make_optimizer,
     set_base_shapes,
@@ -158,11 +158,10 @@ def make_model(config: WidthConfig, width: int, task: ClassificationTask) -> Any
                 f"load_task('text'); got inputs of shape {task.input_shape} and dtype "
                 f"{task.x_train.dtype}."
             )
-        scale = None
-        if config.param == "mup":
-            # μP: 1/d attention, equal to the standard 1/sqrt(d) at the base width.
-            base_head = config.base_width // config.heads
-            scale = math.sqrt(base_head) / (width // config.heads)
+        # μP: 1/d attention, equal to the standard 1/sqrt(d) at the base width.
+        scale = attention_logit_scale(
+            width // config.heads, config.base_width // config.heads, config.param
+        )
         return DecoderLM(
             vocab_size=task.n_classes,
             width=width,

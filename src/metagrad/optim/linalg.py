@@ -1,7 +1,14 @@
 """Matrix functions shared by K-FAC and Shampoo: damped inverses, inverse roots, preconditioning.
 
-Every function works on one symmetric positive semi-definite matrix (a Kronecker factor or a
-Shampoo statistic) and is written for ``jax.jit``: no Python-level branching on values.
+Every function works on a symmetric positive semi-definite matrix (a Kronecker factor or a
+Shampoo statistic) or a stack of same-shaped ones (one batched call), and is written for
+``jax.jit``: no Python-level branching on values. :func:`inverse_roots` and
+:func:`damped_inverses` group a list of matrices by shape and make one batched call per group.
+
+``method="auto"`` picks the method by backend and size (:func:`resolve_root_method`): the
+eigendecomposition (or Cholesky) on CPU, the matmul-only coupled Newton iteration on GPU and TPU.
+The Newton iteration runs in the matrix's dtype for a bounded number of steps, is checked against
+its target (``max |H^p A - I|``), and a matrix that fails the check is recomputed by ``eigh``.
 """
 
 from __future__ import annotations

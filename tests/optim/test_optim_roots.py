@@ -92,12 +92,13 @@ def test_batched_equals_per_matrix(x64):
     mats = [jnp.asarray(_spd(d, 1e3, seed=s)) for s, d in enumerate((6, 9, 6, 6, 9))]
     eps = [1e-4, 1e-3, 1e-5, 1e-4, 1e-2]
     for method in ("eigh", "newton"):
-        batched = inverse_roots(mats, 0.25, eps, method=method)
+        batched = inverse_roots(mats, 0.25, eps, method=method, batched=True)
         for m, e, b in zip(mats, eps, batched, strict=True):
             assert _rel(b, _np_root(m, 0.25, e)) <= 1e-10
-    invs = damped_inverses(mats, eps, "newton")
-    for m, e, b in zip(mats, eps, invs, strict=True):
-        assert _rel(b, np.linalg.inv(np.asarray(m) + e * np.eye(m.shape[0]))) <= 1e-10
+    for flag in (True, False):
+        invs = damped_inverses(mats, eps, "newton", batched=flag)
+        for m, e, b in zip(mats, eps, invs, strict=True):
+            assert _rel(b, np.linalg.inv(np.asarray(m) + e * np.eye(m.shape[0]))) <= 1e-10
     with pytest.raises(ValueError, match="one entry per matrix"):
         inverse_roots(mats, 0.25, [1e-4])
 
@@ -130,6 +131,10 @@ def test_stagger_groups_balance_the_cost():
         cost = [sum(s**3 for s, g in zip(sizes, groups, strict=True) if g == j) for j in range(k)]
         assert max(cost) <= sum(s**3 for s in sizes) / k + 1024**3
     assert [linalg.group_offset(g, 4, 10) for g in range(4)] == [0, 2, 5, 7]
+    # Group 0 (refreshed with the statistics) is the cheapest.
+    groups = linalg.stagger_groups(sizes, 4)
+    cost = [sum(s**3 for s, g in zip(sizes, groups, strict=True) if g == j) for j in range(4)]
+    assert cost == sorted(cost)
 
 
 MODEL = MLP(sizes=(5, 7, 6, 3), activation="tanh")

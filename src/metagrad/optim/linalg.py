@@ -268,6 +268,8 @@ def inverse_roots(
     mats: Sequence[Array],
     exponent: float,
     eps: Sequence[Array | float] | Array | float = 1e-6,
+    *,
+    batched: bool | None = None,
     **kwargs: Any,
 ) -> list[Array]:
     """:func:`inverse_root` of several matrices, one batched call per (shape, dtype).
@@ -280,6 +282,10 @@ def inverse_roots(
       mats: the matrices, any mix of shapes.
       exponent: see :func:`inverse_root`.
       eps: one ``ε`` for all, or one per matrix.
+      batched: stack same-shaped matrices (``True``) or make one call per matrix (``False``);
+        ``None`` stacks on GPU and TPU but not on CPU, where separate calls run side by side on
+        the cores while one stacked eigendecomposition runs on one (measured at size 1024, four
+        matrices: the same CPU time, 2.0–2.4× the wall time stacked).
       **kwargs: passed to :func:`inverse_root`.
 
     Returns:
@@ -292,30 +298,42 @@ def inverse_roots(
             f"got {len(eps_list)}."
         )
     return _batched(
-        mats, eps_list, lambda stack, e: inverse_root(stack, exponent, e, **kwargs)
+        mats, eps_list, lambda stack, e: inverse_root(stack, exponent, e, **kwargs), batched
     )
 
 
 def damped_inverses(
-    mats: Sequence[Array], dampings: Sequence[Array | float], method: str = "cholesky", **kwargs
+    mats: Sequence[Array],
+    dampings: Sequence[Array | float],
+    method: str = "cholesky",
+    *,
+    batched: bool | None = None,
+    **kwargs: Any,
 ) -> list[Array]:
-    """:func:`damped_inverse` of several matrices, one batched call per (shape, dtype)."""
+    """:func:`damped_inverse` of several matrices, one batched call per (shape, dtype).
+
+    ``batched`` as in :func:`inverse_roots`; ``kwargs`` go to :func:`damped_inverse`.
+    """
     if len(dampings) != len(mats):
         raise ValueError(
             f"damped_inverses: dampings must have one entry per matrix ({len(mats)}); got "
             f"{len(dampings)}."
         )
     return _batched(
-        mats, list(dampings), lambda stack, d: damped_inverse(stack, d, method, **kwargs)
+        mats, list(dampings), lambda stack, d: damped_inverse(stack, d, method, **kwargs), batched
     )
 
 
-def _batched(mats: Sequence[Array], scalars: list, fn) -> list[Array]:
+def _batched(mats: Sequence[Array], scalars: list, fn, batched: bool | None) -> list[Array]:
+    if batched is None:
+        batched = jax.default_backend() in _MATMUL_BACKENDS
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(mats):
-        groups.setdefault((tuple(m.shape), jnp.result_type(m)), []).append(i)
+        key = (tuple(m.shape), jnp.result_type(m)) if batched else (i,)
+        groups.setdefault(key, []).append(i)
     out: list[Array | None] = [None] * len(mats)
-    for (_, dtype), idx in groups.items():
+    for idx in groups.values():
+        dtype = jnp.result_type(mats[idx[0]])
         if len(idx) == 1:
             i = idx[0]
             out[i] = fn(mats[i], jnp.asarray(scalars[i], dtype))
@@ -440,7 +458,9 @@ def stagger_groups(sizes: Sequence[int], n_groups: int) -> list[int]:
 
     The cost of a ``d x d`` root or inverse is taken as ``d³``; largest first, each goes to the
     group with the smallest total so far (ties: the lowest group), so the most expensive group
-    costs at most the ideal share plus one matrix.
+    costs at most the ideal share plus one matrix. Groups are then numbered from the cheapest
+    up: group 0 refreshes at the step that also refreshes the statistics (when ``stats_every``
+    equals the refresh interval), so it should carry the least.
 
     Args:
       sizes: the side ``d`` of each matrix.
@@ -450,7 +470,7 @@ def stagger_groups(sizes: Sequence[int], n_groups: int) -> list[int]:
       The group of each matrix, in the order of ``sizes``.
 
     >>> stagger_groups([784, 1024, 1024, 1024, 10], 2)
-    [1, 0, 1, 0, 1]
+    [0, 1, 0, 1, 0]
     """
     load = [0.0] * n_groups
     out = [0] * len(sizes)
@@ -458,7 +478,8 @@ def stagger_groups(sizes: Sequence[int], n_groups: int) -> list[int]:
         g = min(range(n_groups), key=lambda j: (load[j], j))
         out[i] = g
         load[g] += float(sizes[i]) ** 3
-    return out
+    rank = {g: r for r, g in enumerate(sorted(range(n_groups), key=lambda j: (load[j], j)))}
+    return [rank[g] for g in out]
 
 
 def group_offset(group: int, n_groups: int, every: int) -> int:

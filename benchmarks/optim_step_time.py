@@ -93,9 +93,7 @@ def _variants(
             )
         for m in ("eigh", "newton"):
             out[f"shampoo (refresh {refresh}, {m})"] = (
-                shampoo(
-                    stats_every=refresh, precond_every=refresh, root_method=m, layers=layers
-                ),
+                shampoo(stats_every=refresh, precond_every=refresh, root_method=m, layers=layers),
                 True,
             )
             if groups > 1:

@@ -71,8 +71,12 @@ def test_lm_coord_check_runs_with_kfac(tokens):
 
 def test_lm_needs_a_token_task():
     images = ClassificationTask(
-        np.zeros((4, 3), np.float32), np.zeros(4, np.int32), np.zeros((2, 3), np.float32),
-        np.zeros(2, np.int32), 2, "floats",
+        np.zeros((4, 3), np.float32),
+        np.zeros(4, np.int32),
+        np.zeros((2, 3), np.float32),
+        np.zeros(2, np.int32),
+        2,
+        "floats",
     )
     with pytest.raises(ValueError, match="the lm model needs a token task"):
         build(WidthConfig(optimizer="adam", **TINY), 8, images)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from metagrad.models import MLP
-from metagrad.optim import capture, find_layers, kfac, shampoo
-from metagrad.optim import linalg
+from metagrad.optim import capture, find_layers, kfac, linalg, shampoo
 from metagrad.optim.linalg import (
     damped_inverse,
     damped_inverses,
@@ -155,7 +154,7 @@ def _refresh_steps(opt, leaves_of, steps=13):
     state = o.init(params)
     update = jax.jit(lambda g, s, st: o.update(g, s, params, curvature=st))
     changed = []
-    for t in range(steps):
+    for _ in range(steps):
         x = jnp.asarray(rng.standard_normal((8, 5)))
         y = jnp.asarray(rng.integers(0, 3, 8))
         _, g, st = capture(_loss)(params, x, y)

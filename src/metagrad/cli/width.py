@@ -138,9 +138,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--base-width", type=int, default=64, help="base width (default 64)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128)")
-    p.add_argument(
-        "--task", choices=TASKS, help="data (default: synthetic; text for --model lm)"
-    )
+    p.add_argument("--task", choices=TASKS, help="data (default: synthetic; text for --model lm)")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the data (default 0)")
     p.add_argument(
         "--n-train", type=int, default=8192, help="synthetic (or text) training examples"

@@ -88,6 +88,7 @@ def resolve_inverse_method(method: str, size: int, backend: str | None = None) -
         return "newton"
     return "cholesky"
 
+
 def _symmetrize(mat: Array) -> Array:
     # Factors are symmetric in exact arithmetic; rounding in aᵀa can break that slightly, and both
     # eigh and Cholesky read only one triangle, so make the two agree first.
@@ -405,9 +406,7 @@ def _checked_newton(a, p, max_iters, tol, check_tol, fallback, largest, ridge) -
     kappa = (largest + ridge) / ridge
     bound = check_tol + 4.0 * jnp.finfo(dtype).eps * kappa
     bad = ~(res <= bound)  # also catches nan
-    return lax.cond(
-        jnp.any(bad), lambda: jnp.where(bad[:, None, None], fallback(), h), lambda: h
-    )
+    return lax.cond(jnp.any(bad), lambda: jnp.where(bad[:, None, None], fallback(), h), lambda: h)
 
 
 def _coupled_newton(a: Array, p: int, max_iters: int, tol: float) -> Array:

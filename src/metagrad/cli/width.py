@@ -7,6 +7,8 @@ Examples::
     metagrad width sweep --optimizer kfac --param sp,mup --widths 64,256,1024 \\
         --lrs 2^-8:2^0 --steps 200 --seeds 2 --out runs/sweep --json runs/sweep.json
     metagrad width sweep --optimizer kfac --over damping --lr 0.25 --values 2^-12:2^-2
+    metagrad width coord-check --model lm --optimizer adam,kfac,shampoo --param sp,mup \
+        --widths 64,128,256,512 --depth 2 --batch-size 16 --seq-len 32
 """
 
 from __future__ import annotations
@@ -144,19 +146,36 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--momentum", type=non_negative_number, default=0.0, help="heavy-ball momentum (default 0)"
     )
-    p.add_argument("--model", choices=MODELS, default="mlp", help="mlp (default) or conv4")
     p.add_argument(
-        "--depth", type=positive_int, default=3, help="hidden layers of the MLP (default 3)"
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp (default), conv4, or lm (the decoder LM on --task text)",
     )
+    p.add_argument(
+        "--depth",
+        type=positive_int,
+        default=3,
+        help="hidden layers of the MLP, blocks of the LM (3)",
+    )
+    p.add_argument(
+        "--heads", type=positive_int, default=4, help="attention heads of the LM (default 4)"
+    )
+    p.add_argument(
+        "--seq-len", type=positive_int, default=32,
+        help="bytes per sequence of --task text (default 32)",
+    )  # fmt: skip
     p.add_argument("--base-width", type=positive_int, default=64, help="base width (default 64)")
     p.add_argument(
         "--batch-size", type=positive_int, default=128, help="examples per step (default 128)"
     )
-    p.add_argument("--task", choices=TASKS, default="synthetic", help="data (default synthetic)")
+    p.add_argument("--task", choices=TASKS, help="data (default: synthetic; text for --model lm)")
     p.add_argument(
         "--task-seed", type=non_negative_int, default=0, help="seed of the data (default 0)"
     )
-    p.add_argument("--n-train", type=positive_int, default=8192, help="synthetic training examples")
+    p.add_argument(
+        "--n-train", type=positive_int, default=8192, help="synthetic (or text) training examples"
+    )
     p.add_argument(
         "--classes", type=positive_int, help="classes (synthetic default 10, glyphs 100)"
     )
@@ -214,13 +233,25 @@ def parse_widths(text: str) -> list[int]:
 def _task(args: argparse.Namespace):
     from metagrad.optim.tasks import load_task
 
-    if args.task == "synthetic":
+    task = args.task or ("text" if args.model == "lm" else "synthetic")
+    if (task == "text") != (args.model == "lm"):
+        raise SystemExit(
+            f"{COMMAND}: --model lm trains on --task text, and --task text needs --model lm; got "
+            f"--model {args.model} --task {task}."
+        )
+    if task == "text":
+        kwargs = {
+            "seq_len": args.seq_len,
+            "n_train": args.n_train,
+            "progress": not args.no_progress,
+        }
+    elif task == "synthetic":
         kwargs = {"n_train": args.n_train}
         if args.classes:
             kwargs["n_classes"] = args.classes
     else:
         kwargs = {"n_classes": args.classes or 100, "progress": not args.no_progress}
-    return load_task(args.task, seed=args.task_seed, **kwargs)
+    return load_task(task, seed=args.task_seed, **kwargs)
 
 
 def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthConfig]:
@@ -234,6 +265,7 @@ def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthC
                         param=param,
                         model=args.model,
                         depth=args.depth,
+                        heads=args.heads,
                         base_width=args.base_width,
                         batch_size=args.batch_size,
                         damping=args.damping,

@@ -57,7 +57,13 @@ def rotary_embedding(x: Array, base: float = 10000.0) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def causal_self_attention(p: Params, x: Array, heads: int, rope_base: float = 10000.0) -> Array:
+def causal_self_attention(
+    p: Params,
+    x: Array,
+    heads: int,
+    rope_base: float = 10000.0,
+    logit_scale: float | None = None,
+) -> Array:
     """Causal multi-head self-attention with rotary position embeddings.
 
     Args:
@@ -67,6 +73,8 @@ def causal_self_attention(p: Params, x: Array, heads: int, rope_base: float = 10
       x: array of shape ``(..., S, D)``.
       heads: number of attention heads; must divide ``D``.
       rope_base: wavelength base of the rotary embedding.
+      logit_scale: the multiplier of ``q · k``; ``None`` is ``1 / sqrt(head_dim)``. μP uses
+        ``1 / head_dim`` (times a constant), see :class:`DecoderLM`.
 
     Returns:
       Array of shape ``(..., S, D)``.
@@ -82,7 +90,8 @@ def causal_self_attention(p: Params, x: Array, heads: int, rope_base: float = 10
     q, k, v = (t.reshape(*lead, seq_len, heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
     q = rotary_embedding(q, rope_base)
     k = rotary_embedding(k, rope_base)
-    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.asarray(math.sqrt(head_dim), x.dtype)
+    scale = 1.0 / math.sqrt(head_dim) if logit_scale is None else float(logit_scale)
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * jnp.asarray(scale, x.dtype)
     causal = np.tril(np.ones((seq_len, seq_len), dtype=bool))  # key position <= query position
     # A large *finite* negative number rather than -inf: exp underflows to exactly 0, and no
     # inf - inf = nan can appear in any derivative (forward or reverse, any order).
@@ -123,8 +132,15 @@ class DecoderLM:
       mlp_ratio: MLP hidden size is ``mlp_ratio * width``.
       max_len: the longest sequence ``apply`` accepts.
       rope_base: wavelength base of the rotary embedding.
+      attn_logit_scale: the multiplier of the attention logits ``q · k``; ``None`` (default) is
+        the standard ``1 / sqrt(head_dim)``. μP (Yang et al. 2022) scales them by
+        ``1 / head_dim`` instead: once training has correlated ``q`` and ``k``, their dot
+        product grows like ``head_dim``, not ``sqrt(head_dim)``. The width experiments use
+        ``sqrt(base_head_dim) / head_dim``, which equals the standard scale at the base width.
 
     References:
+      Yang et al., *Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
+      Hyperparameter Transfer*, 2022 (the ``1 / d`` attention scale).
       Su et al., *RoFormer: Enhanced Transformer with Rotary Position Embedding*, 2021 (RoPE).
       Zhang & Sennrich, *Root Mean Square Layer Normalization*, NeurIPS 2019 (RMSNorm).
     """
@@ -136,10 +152,16 @@ class DecoderLM:
     mlp_ratio: int = 4
     max_len: int = 512
     rope_base: float = 10000.0
+    attn_logit_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "width", "depth", "heads", "mlp_ratio", "max_len"):
             _check_positive_int(name, getattr(self, name))
+        if self.attn_logit_scale is not None and not float(self.attn_logit_scale) > 0:
+            raise ValueError(
+                "attn_logit_scale must be None (1/sqrt(head_dim)) or a positive number (e.g. "
+                f"1/head_dim for μP); got {self.attn_logit_scale!r}."
+            )
         if self.width % self.heads:
             raise ValueError(
                 f"width must be divisible by heads; got width={self.width}, heads={self.heads}."
@@ -203,17 +225,30 @@ class DecoderLM:
             )
         return {"embed": embed, "blocks": blocks, "final_norm": norm(), "unembed": unembed}
 
-    def apply(self, params: Params, tokens: Array) -> Array:
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the features returned by ``apply(..., return_features=True)``."""
+        names = ["embed"]
+        for i in range(self.depth):
+            names += [f"block{i}.attn", f"block{i}.mlp"]
+        return [*names, "logits"]
+
+    def apply(
+        self, params: Params, tokens: Array, return_features: bool = False
+    ) -> Array | tuple[Array, list[Array]]:
         """Next-token logits.
 
         Args:
           params: parameters from :meth:`init`.
           tokens: integer token ids of shape ``(B, S)`` (any leading shape ``(..., S)`` works,
             e.g. ``(S,)`` under ``jax.vmap``), with ``1 <= S <= max_len``.
+          return_features: also return the embedding, what every attention and MLP sub-block
+            adds to the residual stream, and the logits (named by :attr:`feature_names`), e.g.
+            for μP coordinate checks.
 
         Returns:
           Logits of shape ``(..., S, vocab_size)``; position ``t`` depends on ``tokens[..., :t+1]``
-          only.
+          only. With ``return_features=True`` the pair ``(logits, features)``.
         """
         tokens = jnp.asarray(tokens)
         self._check_tokens(tokens, min_len=1, caller="apply")
@@ -223,15 +258,22 @@ class DecoderLM:
                 f"{len(params['blocks'])}."
             )
         x = jnp.take(params["embed"], tokens, axis=0)  # ids >= vocab_size -> NaN ("fill" mode)
+        features = [x]
         for blk in params["blocks"]:
             h = layers.rms_norm(blk["attn_norm"], x)
-            x = x + causal_self_attention(blk["attn"], h, self.heads, self.rope_base)
+            a = causal_self_attention(
+                blk["attn"], h, self.heads, self.rope_base, self.attn_logit_scale
+            )
+            x = x + a
             h = layers.rms_norm(blk["mlp_norm"], x)
             h = jax.nn.gelu(layers.dense(blk["mlp"]["up"], h))
-            x = x + layers.dense(blk["mlp"]["down"], h)
+            m = layers.dense(blk["mlp"]["down"], h)
+            x = x + m
+            features += [a, m]
         x = layers.rms_norm(params["final_norm"], x)
         # Through layers.dense (without bias) so that curvature hooks see the unembedding too.
-        return layers.dense({"w": params["unembed"]}, x)
+        logits = layers.dense({"w": params["unembed"]}, x)
+        return (logits, [*features, logits]) if return_features else logits
 
     def sequence_losses(self, params: Params, tokens: Array) -> Array:
         """Mean next-token cross-entropy of each sequence.

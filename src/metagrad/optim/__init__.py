@@ -10,11 +10,12 @@ from metagrad.optim.curvature import (
 )
 from metagrad.optim.experiment import WidthConfig
 from metagrad.optim.kfac import DAMPING_RULES, KFACState, factor_damping, kfac
-from metagrad.optim.linalg import damped_inverse, inverse_root
+from metagrad.optim.linalg import damped_inverse, damped_inverses, inverse_root, inverse_roots
 from metagrad.optim.parameterization import (
     BaseShapes,
     Exponents,
     LeafWidth,
+    attention_logit_scale,
     base_shapes,
     exponents,
     init_multipliers,
@@ -48,14 +49,17 @@ __all__ = [
     "LayerInfo",
     "LeafWidth",
     "ShampooState",
+    "attention_logit_scale",
     "base_shapes",
     "capture",
     "damped_inverse",
+    "damped_inverses",
     "exponents",
     "factor_damping",
     "find_layers",
     "init_multipliers",
     "inverse_root",
+    "inverse_roots",
     "kfac",
     "kfac_damping_scales",
     "leaf_names",

@@ -46,7 +46,11 @@ def fit_slope(widths: Sequence[float], values: Sequence[float]) -> float:
 
 
 def layer_labels(setup: Any, n_features: int) -> list[str]:
-    """Names of the feature maps, ``"<index>:<role of the layer's weight>"``."""
+    """Names of the feature maps, ``"<index>:<role of the layer's weight>"``, or the model's own
+    ``feature_names`` (the decoder LM's)."""
+    names = getattr(setup.model, "feature_names", None)
+    if names is not None and len(names) == n_features:
+        return list(names)
     roles = setup.shapes.roles()
     labels = []
     for i in range(n_features):

@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metagrad.models import MLP, Conv4
+from metagrad.models import MLP, Conv4, DecoderLM
 from metagrad.optim.curvature import capture, find_layers
 from metagrad.optim.parameterization import (
     OPTIMIZERS,
     PARAMETERIZATIONS,
     BaseShapes,
+    attention_logit_scale,
     base_shapes,
     make_optimizer,
     set_base_shapes,
@@ -29,7 +30,7 @@ from metagrad.optim.parameterization import (
 from metagrad.optim.tasks import ClassificationTask
 
 Array = jax.Array
-MODELS = ("mlp", "conv4")
+MODELS = ("mlp", "conv4", "lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +40,12 @@ class WidthConfig:
     Attributes:
       optimizer: ``"sgd"``, ``"adam"``, ``"kfac"`` or ``"shampoo"``.
       param: ``"sp"`` or ``"mup"``.
-      model: ``"mlp"`` (``depth`` hidden layers of the given width) or ``"conv4"`` (the width is
-        the number of channels).
-      depth: number of hidden layers of the MLP.
+      model: ``"mlp"`` (``depth`` hidden layers of the given width), ``"conv4"`` (the width is
+        the number of channels) or ``"lm"`` (the decoder LM with ``depth`` blocks and ``heads``
+        heads on a token task such as :func:`metagrad.optim.tasks.text_task`; under μP its
+        attention logits are scaled by ``1 / head_dim``, see :func:`make_model`).
+      depth: number of hidden layers of the MLP (blocks of the LM).
+      heads: attention heads of the LM (fixed across widths: the head dimension grows).
       base_width: the width whose hyper-parameters are transferred (μP equals SP there).
       activation: the MLP's activation.
       batch_size: examples per step.
@@ -63,6 +67,7 @@ class WidthConfig:
     param: str = "mup"
     model: str = "mlp"
     depth: int = 3
+    heads: int = 4
     base_width: int = 64
     activation: str = "relu"
     batch_size: int = 128
@@ -88,7 +93,7 @@ class WidthConfig:
                 raise ValueError(
                     f"WidthConfig: {name} must be one of {choices}; got {getattr(self, name)!r}."
                 )
-        for name in ("depth", "base_width", "batch_size", "refresh", "stats_every"):
+        for name in ("depth", "heads", "base_width", "batch_size", "refresh", "stats_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"WidthConfig: {name} must be a positive int; got {v!r}.")
@@ -146,6 +151,25 @@ def make_model(config: WidthConfig, width: int, task: ClassificationTask) -> Any
         return MLP(
             sizes=(d_in, *([width] * config.depth), task.n_classes), activation=config.activation
         )
+    if config.model == "lm":
+        if len(task.input_shape) != 1 or not jnp.issubdtype(task.x_train.dtype, jnp.integer):
+            raise ValueError(
+                "the lm model needs a token task (int inputs of shape (n, seq_len)), e.g. "
+                f"load_task('text'); got inputs of shape {task.input_shape} and dtype "
+                f"{task.x_train.dtype}."
+            )
+        # μP: 1/d attention, equal to the standard 1/sqrt(d) at the base width.
+        scale = attention_logit_scale(
+            width // config.heads, config.base_width // config.heads, config.param
+        )
+        return DecoderLM(
+            vocab_size=task.n_classes,
+            width=width,
+            depth=config.depth,
+            heads=config.heads,
+            max_len=task.input_shape[0],
+            attn_logit_scale=scale,
+        )
     h, w, c = task.input_shape
     if h != w:
         raise ValueError(f"conv4 needs square images; the task has input shape {task.input_shape}.")
@@ -175,8 +199,9 @@ def build(config: WidthConfig, width: int, task: ClassificationTask) -> Setup:
     key = jax.random.key(0)
     shape_params = jax.eval_shape(model.init, key)
     base_params = jax.eval_shape(base.init, key)
-    x_shape = jax.ShapeDtypeStruct((config.batch_size, *_input_shape(config, task)), jnp.float32)
-    y_shape = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
+    x_dtype = jnp.int32 if config.model == "lm" else jnp.float32
+    x_shape = jax.ShapeDtypeStruct((config.batch_size, *_input_shape(config, task)), x_dtype)
+    y_shape = jax.ShapeDtypeStruct((config.batch_size, *task.y_train.shape[1:]), jnp.int32)
 
     def loss(params, x, y):
         return cross_entropy(model.apply(params, x), y)
@@ -208,7 +233,9 @@ def _input_shape(config: WidthConfig, task: ClassificationTask) -> tuple[int, ..
 
 
 def prepare_inputs(config: WidthConfig, x: Any) -> Array:
-    """Flattens images for the MLP; leaves them for the conv net."""
+    """Flattens images for the MLP; leaves them for the conv net; tokens (int32) for the LM."""
+    if config.model == "lm":
+        return jnp.asarray(x, jnp.int32)
     x = jnp.asarray(x, jnp.float32)
     return x.reshape(len(x), -1) if config.model == "mlp" else x
 

@@ -156,7 +156,8 @@ def kfac(
     decay: float = 0.95,
     stats_every: int = 1,
     inverse_every: int = 10,
-    inverse_method: str = "cholesky",
+    inverse_method: str = "auto",
+    refresh_groups: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """K-FAC preconditioning of the gradient (no learning rate: chain ``optax.scale``).
 
@@ -170,7 +171,14 @@ def kfac(
         towards zero).
       stats_every: refresh the factors every this many steps.
       inverse_every: recompute the damped inverses every this many steps.
-      inverse_method: ``"cholesky"`` or ``"eigh"``.
+      inverse_method: ``"auto"`` (default: ``"cholesky"`` on CPU, the Newton-Schulz iteration
+        on GPU and TPU; see :func:`metagrad.optim.linalg.resolve_inverse_method`),
+        ``"cholesky"``, ``"eigh"`` or ``"newton"`` (matmuls only, checked, falling back to
+        ``"eigh"``). Same-shaped factors are inverted in one batched call.
+      refresh_groups: stagger the inverse refreshes over the interval in this many groups of
+        about equal cost (as Shampoo's ``refresh_groups``); every inverse is still recomputed
+        once per ``inverse_every`` steps, all of them at the first step. At most
+        ``inverse_every``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``curvature=stats``
@@ -199,6 +207,15 @@ def kfac(
         raise ValueError(f"kfac: decay must be in [0, 1) (e.g. 0.95); got {decay!r}.")
     stats_every = _positive_int("stats_every", stats_every)
     inverse_every = _positive_int("inverse_every", inverse_every)
+    if (
+        isinstance(refresh_groups, bool)
+        or not isinstance(refresh_groups, int)
+        or not 1 <= refresh_groups <= inverse_every
+    ):
+        raise ValueError(
+            "kfac: refresh_groups must be an int between 1 and inverse_every "
+            f"({inverse_every}); got {refresh_groups!r}. Use 1 for no staggering."
+        )
     if isinstance(damping, int | float) and not damping > 0:
         raise ValueError(f"kfac: damping must be positive (e.g. 1e-3); got {damping!r}.")
     names = tuple(layer.name for layer in layers)
@@ -267,24 +284,42 @@ def kfac(
             count % stats_every == 0, refresh_factors, keep_factors
         )
 
-        def refresh_inverses():
-            a_inv, b_inv = [], []
-            for i in range(len(layers)):
-                dtype = a_fac[i].dtype
-                correction = 1.0 - jnp.asarray(decay, dtype) ** stats_count.astype(dtype)
-                a_hat = a_fac[i] / correction
-                b_hat = b_fac[i] / correction
-                rho_a, rho_b = factor_damping(
-                    a_hat, b_hat, damping, damping_rule, scales[i][0], scales[i][1]
+        # One item per factor (A and B of every layer); items of one stagger group are inverted
+        # together, same-shaped ones in one batched call.
+        items = [(i, side) for i in range(len(layers)) for side in (0, 1)]
+        sizes = [(a_fac if side == 0 else b_fac)[i].shape[0] for i, side in items]
+        groups = linalg.stagger_groups(sizes, refresh_groups)
+        phase = count % inverse_every
+        new_inv: dict[tuple[int, int], Array] = {}
+        for g in range(refresh_groups):
+            members = [it for it, gi in zip(items, groups, strict=True) if gi == g]
+            if not members:
+                continue
+
+            def compute(members=members):
+                mats, damps = [], []
+                for i, side in members:
+                    dtype = a_fac[i].dtype
+                    correction = 1.0 - jnp.asarray(decay, dtype) ** stats_count.astype(dtype)
+                    a_hat = a_fac[i] / correction
+                    b_hat = b_fac[i] / correction
+                    rho = factor_damping(
+                        a_hat, b_hat, damping, damping_rule, scales[i][0], scales[i][1]
+                    )
+                    mats.append(a_hat if side == 0 else b_hat)
+                    damps.append(rho[side])
+                return tuple(linalg.damped_inverses(mats, damps, inverse_method))
+
+            def keep(members=members):
+                return tuple(
+                    (state.a_inverses if side == 0 else state.b_inverses)[i] for i, side in members
                 )
-                a_inv.append(linalg.damped_inverse(a_hat, rho_a, inverse_method))
-                b_inv.append(linalg.damped_inverse(b_hat, rho_b, inverse_method))
-            return tuple(a_inv), tuple(b_inv)
 
-        def keep_inverses():
-            return state.a_inverses, state.b_inverses
-
-        a_inv, b_inv = lax.cond(count % inverse_every == 0, refresh_inverses, keep_inverses)
+            due = (count == 0) | (phase == linalg.group_offset(g, refresh_groups, inverse_every))
+            for it, inv in zip(members, lax.cond(due, compute, keep), strict=True):
+                new_inv[it] = inv
+        a_inv = tuple(new_inv[(i, 0)] for i in range(len(layers)))
+        b_inv = tuple(new_inv[(i, 1)] for i in range(len(layers)))
 
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         leaves = list(leaves)

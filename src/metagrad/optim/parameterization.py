@@ -48,6 +48,18 @@ The damping of K-FAC under the ``"absolute"`` rule gets the μP width scaling
 ``ρ_A ∝ fan_in_mult``, ``ρ_B ∝ 1 / fan_out_mult`` (Θ(1)/Θ(M) and Θ(1/M)/Θ(1) at the
 input/hidden/output layers); an absolute Shampoo ``ε`` gets ``fan_in_mult / fan_out_mult``.
 
+Transformers (the decoder LM, :class:`metagrad.models.DecoderLM`) need one rule beyond the
+table: the attention logits ``q · k`` are scaled by ``1 / head_dim`` instead of
+``1 / sqrt(head_dim)`` (:func:`attention_logit_scale`; with the number of heads fixed, the head
+dimension grows with width). Once training has correlated ``q`` and ``k`` their dot product grows
+like ``head_dim``; the standard scale would let the logits grow like ``sqrt(width)``. Everything
+else follows from the roles: the token embedding ``(vocab, D)`` is an *input* weight, the
+projections ``qkv``, ``out``, ``up``, ``down`` are *hidden*, the unembedding ``(D, vocab)`` is the
+*output* (read-out) weight, and the RMSNorm scales and the biases are *vectors*. The embedding is a
+table look-up, not a layer that K-FAC or Shampoo precondition (K-FAC: SGD's exponents; Shampoo
+treats it as a matrix like any other 2-D parameter); norm scales are never preconditioned
+(SGD's exponents, or Adam's for Adam).
+
 References:
   Yang & Hu, *Feature Learning in Infinite-Width Neural Networks*, ICML 2021.
   Yang et al., *Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter
@@ -199,6 +211,33 @@ def exponents(
     c_vec = 4.0 * float(shampoo_exponent) - 1.0 if one_d == "diagonal" else -1.0
     c = {"input": e - 1.0, "hidden": 0.0, "output": 1.0 - e, "vector": c_vec, "finite": 0.0}
     return Exponents(dict(_B_MUP), c)
+
+
+def attention_logit_scale(head_dim: int, base_head_dim: int, param: str = "mup") -> float | None:
+    """The multiplier of the attention logits ``q · k`` under a parameterisation.
+
+    μP: ``sqrt(base_head_dim) / head_dim`` (``∝ 1 / head_dim``, and equal to the standard
+    ``1 / sqrt(head_dim)`` at the base width, so that hyper-parameters tuned there transfer);
+    SP: ``None`` (the model's default ``1 / sqrt(head_dim)``). Pass it as
+    ``DecoderLM(attn_logit_scale=...)``.
+
+    >>> attention_logit_scale(16, 16)
+    0.25
+    >>> attention_logit_scale(64, 16)
+    0.0625
+    >>> attention_logit_scale(64, 16, "sp") is None
+    True
+
+    References:
+      Yang et al., *Tensor Programs V*, 2022 (section on attention, "1/d attention").
+    """
+    _check_choice("attention_logit_scale", "param", param, PARAMETERIZATIONS)
+    for name, v in (("head_dim", head_dim), ("base_head_dim", base_head_dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"attention_logit_scale: {name} must be a positive int; got {v!r}.")
+    if param == "sp":
+        return None
+    return math.sqrt(base_head_dim) / head_dim
 
 
 def _fan_axes(

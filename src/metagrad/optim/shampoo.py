@@ -125,7 +125,8 @@ def shampoo(
     graft: str = "none",
     graft_decay: float = 0.999,
     graft_eps: float = 1e-8,
-    root_method: str = "eigh",
+    root_method: str = "auto",
+    refresh_groups: int = 1,
     layers: Layers | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Shampoo preconditioning of the gradient (no learning rate: chain ``optax.scale``).
@@ -164,7 +165,17 @@ def shampoo(
         ``"rmsprop"``, SGD's for ``"sgd"``).
       graft_decay: second-moment decay of the RMSprop graft.
       graft_eps: ``ε`` of the RMSprop graft.
-      root_method: ``"eigh"`` or ``"newton"`` (coupled Newton iteration).
+      root_method: ``"auto"`` (default: by backend and size, see
+        :func:`metagrad.optim.linalg.resolve_root_method`: eigendecomposition on CPU, coupled
+        Newton iteration on GPU and TPU), ``"eigh"`` or ``"newton"`` (matmuls only, checked
+        against its target and falling back to ``"eigh"``). Same-shaped statistics (across
+        layers and blocks) are computed in one batched call.
+      refresh_groups: stagger the root refreshes: the roots are split into this many groups of
+        about equal cost (:func:`metagrad.optim.linalg.stagger_groups`), and group ``g`` is refreshed at the steps
+        ``t`` with ``t % precond_every == g * precond_every // refresh_groups``, so that no
+        single step pays for all roots. Every root is still refreshed once per interval; at the
+        first step (and during ``precond_warmup``) all are. ``1`` (default) refreshes all at
+        once. At most ``precond_every``.
       layers: optional :func:`metagrad.optim.find_layers` result: registered weights are seen as
         ``(fan_in, fan_out)`` matrices, and when ``update`` also gets ``curvature=stats`` the
         product is formed from the captured rows when that is cheaper.
@@ -200,6 +211,15 @@ def shampoo(
     ):
         raise ValueError(
             f"shampoo: precond_warmup must be a non-negative int (e.g. 10); got {precond_warmup!r}."
+        )
+    if (
+        isinstance(refresh_groups, bool)
+        or not isinstance(refresh_groups, int)
+        or not 1 <= refresh_groups <= precond_every
+    ):
+        raise ValueError(
+            "shampoo: refresh_groups must be an int between 1 and precond_every "
+            f"({precond_every}); got {refresh_groups!r}. Use 1 for no staggering."
         )
     by_leaf = {}
     if layers is not None:
@@ -312,30 +332,49 @@ def shampoo(
                 return jnp.asarray(1.0, dtype)
             return 1.0 - jnp.asarray(decay, dtype) ** stats_count.astype(dtype)
 
-        def refresh_roots():
-            new = []
-            for p, st, e in zip(leaf_plans, stats, eps_leaf, strict=True):
-                if p.kind != "matrix":
-                    new.append(())
-                    continue
-                blocks = []
-                for l_s, r_s in st:
-                    corr = correction(l_s.dtype)
-                    blocks.append(
-                        (
-                            linalg.inverse_root(
-                                l_s / corr, exponent, e, relative_eps=relative, method=root_method
-                            ),
-                            linalg.inverse_root(
-                                r_s / corr, exponent, e, relative_eps=relative, method=root_method
-                            ),
-                        )
-                    )
-                new.append(tuple(blocks))
-            return tuple(new)
+        # Every root (side of a block of a matrix leaf) is one item; items of one stagger group
+        # are refreshed together, same-shaped ones in one batched call.
+        items = [
+            (k, b, side)
+            for k, p in enumerate(leaf_plans)
+            if p.kind == "matrix"
+            for b in range(len(state.stats[k]))
+            for side in (0, 1)
+        ]
+        sizes = [state.stats[k][b][side].shape[0] for k, b, side in items]
+        groups = linalg.stagger_groups(sizes, refresh_groups)
+        first = (count == 0) | (count < precond_warmup)
+        phase = count % precond_every
+        new_roots: dict[tuple[int, int, int], Array] = {}
+        for g in range(refresh_groups):
+            members = [it for it, gi in zip(items, groups, strict=True) if gi == g]
+            if not members:
+                continue
 
-        due = (count % precond_every == 0) | (count < precond_warmup)
-        roots = lax.cond(due, refresh_roots, lambda: state.roots)
+            def compute(members=members):
+                mats, eps_g = [], []
+                for k, b, side in members:
+                    stat = stats[k][b][side]
+                    mats.append(stat / correction(stat.dtype))
+                    eps_g.append(eps_leaf[k])
+                return tuple(
+                    linalg.inverse_roots(
+                        mats, exponent, eps_g, relative_eps=relative, method=root_method
+                    )
+                )
+
+            def keep(members=members):
+                return tuple(state.roots[k][b][side] for k, b, side in members)
+
+            due = first | (phase == linalg.group_offset(g, refresh_groups, precond_every))
+            for it, root in zip(members, lax.cond(due, compute, keep), strict=True):
+                new_roots[it] = root
+        roots = tuple(
+            tuple((new_roots[(k, b, 0)], new_roots[(k, b, 1)]) for b in range(len(state.roots[k])))
+            if p.kind == "matrix"
+            else ()
+            for k, p in enumerate(leaf_plans)
+        )
 
         out, new_grafts = [], []
         for k, (g, m, p) in enumerate(zip(leaves, mats, leaf_plans, strict=True)):

@@ -1,8 +1,10 @@
 """Classification tasks for the width experiments (coordinate check and transfer sweep).
 
 The data source is pluggable: :func:`load_task` knows ``"synthetic"`` (always available,
-deterministic, generated in memory) and ``"glyphs"`` (the built-in rendered-character benchmark
-of :mod:`metagrad.data`, used as an ordinary supervised problem), and any
+deterministic, generated in memory), ``"glyphs"`` (the built-in rendered-character benchmark
+of :mod:`metagrad.data`, used as an ordinary supervised problem) and ``"text"`` (next-byte
+prediction on the standard-library corpus of :mod:`metagrad.data.text`, for the decoder LM), and
+any
 :class:`ClassificationTask` can be passed to the experiment functions directly.
 """
 
@@ -12,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-TASKS = ("synthetic", "glyphs")
+TASKS = ("synthetic", "glyphs", "text")
 
 
 class ClassificationTask(NamedTuple):
@@ -171,12 +173,71 @@ def glyph_task(
     )
 
 
+def text_task(
+    *,
+    seq_len: int = 32,
+    n_train: int = 8192,
+    n_eval: int = 1024,
+    seed: int = 0,
+    progress: bool = True,
+) -> ClassificationTask:
+    """Next-byte prediction on the standard-library text corpus (for the decoder LM).
+
+    Sequences of ``seq_len`` bytes are drawn (with ``seed``) from the corpus's training split
+    (``x_train``) and validation split (``x_eval``); the inputs are the first ``seq_len - 1``
+    bytes and the labels the next byte at every position, so ``x`` and ``y`` are both int32
+    arrays ``(n, seq_len - 1)`` and ``n_classes`` is 256. When ``seq_len`` divides 128 the
+    cached 128-byte corpus (:func:`metagrad.data.text.load_stdlib_text`) is cut into pieces, so
+    no new cache is built.
+
+    Args:
+      seq_len: bytes per sequence (at least 2).
+      n_train: training sequences (at most the corpus's).
+      n_eval: held-out sequences.
+      seed: seed of the draw.
+      progress: show the progress bar if the corpus has to be built.
+
+    Returns:
+      A :class:`ClassificationTask` with token inputs.
+    """
+    from metagrad.data.text import TextConfig, load_stdlib_text  # lazily: reads the stdlib
+
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"text_task: seq_len must be an int >= 2; got {seq_len!r}.")
+    base = 128 if 128 % seq_len == 0 else seq_len
+    data = load_stdlib_text(TextConfig(seq_len=base), progress=progress)
+    rng = np.random.default_rng(seed)
+
+    def draw(tokens: np.ndarray, n: int, name: str, split: str) -> np.ndarray:
+        seqs = tokens.reshape(-1, seq_len)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(seqs):
+            raise ValueError(
+                f"text_task: {name} must be an int between 1 and {len(seqs)} (the {split} "
+                f"split's sequences of {seq_len} bytes); got {n!r}."
+            )
+        return seqs[np.sort(rng.choice(len(seqs), n, replace=False))].astype(np.int32)
+
+    train = draw(data.train.tokens, n_train, "n_train", "train")
+    ev = draw(data.val.tokens, n_eval, "n_eval", "validation")
+    return ClassificationTask(
+        train[:, :-1],
+        train[:, 1:],
+        ev[:, :-1],
+        ev[:, 1:],
+        256,
+        f"text(stdlib bytes, seq_len={seq_len}, n_train={n_train}, seed={seed})",
+    )
+
+
 def load_task(name: str, *, seed: int = 0, **kwargs) -> ClassificationTask:
-    """A task by name: ``"synthetic"`` or ``"glyphs"`` (keyword arguments go to its builder)."""
+    """A task by name: ``"synthetic"``, ``"glyphs"`` or ``"text"`` (keyword arguments go to its
+    builder)."""
     if name == "synthetic":
         return synthetic_task(seed=seed, **kwargs)
     if name == "glyphs":
         return glyph_task(seed=seed, **kwargs)
+    if name == "text":
+        return text_task(seed=seed, **kwargs)
     raise ValueError(
         f"load_task: name must be one of {TASKS}; got {name!r}. Or build a ClassificationTask "
         "yourself and pass it in."

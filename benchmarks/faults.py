@@ -529,7 +529,44 @@ def library_cases() -> list:
             ]
         return "silent wrong result", "accepted"
 
+    def refused(what: str, fn: Callable[[], Any], mention: str) -> Callable[[], tuple[str, str]]:
+        def case() -> tuple[str, str]:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    fn()
+                except (ValueError, TypeError) as err:
+                    good = mention in str(err)
+                    return ("clear error" if good else "unclear error"), str(err)[:200]
+            said = " ".join(str(w.message) for w in caught)
+            if mention in said:
+                return "clear error", f"warning: {said[:200]}"
+            return "silent wrong result", f"{what} was accepted"
+
+        return case
+
+    def mlp(sizes: tuple[int, ...]) -> Any:
+        import jax
+
+        from metagrad.models import MLP
+
+        return MLP(sizes).init(jax.random.PRNGKey(0))
+
+    from metagrad import optim
+
+    optimiser_cases = [
+        ("make_optimizer('sgd', exponent=0.5)",
+         lambda: optim.make_optimizer("sgd", 0.1, exponent=0.5), "exponent"),
+        ("K-FAC with no layers", lambda: optim.kfac(()), "layers is empty"),
+        ("find_layers on a loss without a layer",
+         lambda: optim.find_layers(lambda p, x: jnp.sum(p * x), jnp.ones(3), jnp.ones(3)),
+         "no dense or convolution layer"),
+        ("set_base_shapes with a base of another input size",
+         lambda: optim.set_base_shapes(mlp((32, 64, 64, 3)), mlp((8, 32, 32, 3))),
+         "same input size"),
+    ]  # fmt: skip
     return [
+        *(("6 silent", name, refused(name, fn, m)) for name, fn, m in optimiser_cases),
         ("1 non-finite", "NaN data through meta_train_step", nan_data_through_meta_train_step),
         ("6 silent", "memory_budget with mode='mixflow'", budget_without_auto),
     ]

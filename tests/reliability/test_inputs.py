@@ -114,3 +114,28 @@ def test_memory_budget_needs_mode_auto():
 def test_an_empty_pattern_is_refused_not_ignored(cli_error, tmp_path):
     said = cli_error(["fewshot", "train", "--pattern", "", "--out", str(tmp_path)])
     assert "--pattern" in said and "expected rows of 0/1" in said
+
+
+def test_optimisers_refuse_what_they_would_silently_ignore():
+    import warnings
+
+    import jax
+
+    from metagrad.models import MLP
+    from metagrad.optim import find_layers, kfac, make_optimizer, set_base_shapes
+
+    with pytest.raises(TypeError, match=r"make_optimizer\('sgd'\): got keywords \['exponent'\]"):
+        make_optimizer("sgd", 0.1, exponent=0.5)
+    with pytest.raises(ValueError, match="kfac: layers is empty .* plain SGD"):
+        kfac(())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert find_layers(lambda p, x: jnp.sum(p["w"] * x), {"w": jnp.ones(3)}, jnp.ones(3)) == ()
+    assert any("no dense or convolution layer" in str(w.message) for w in caught)
+
+    def params(sizes):
+        return MLP(sizes).init(jax.random.PRNGKey(0))
+
+    set_base_shapes(params((8, 64, 64, 3)), params((8, 16, 16, 3)))  # width only: fine
+    with pytest.raises(ValueError, match="changes by a factor 4 against the base, but the width"):
+        set_base_shapes(params((32, 64, 64, 3)), params((8, 32, 32, 3)))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -604,6 +605,15 @@ def find_layers(fn: Callable[..., Any], params: Any, *args: Any, has_aux: bool =
         raise TypeError(f"find_layers: fn must be a callable loss fn(params, *args); got {fn!r}.")
     closed, _ = _trace(fn, params, args, has_aux)
     layers, _ = _search(closed, params)
+    if not layers:
+        # K-FAC would then precondition nothing (plain SGD): say so rather than run silently.
+        warnings.warn(
+            "find_layers: the loss multiplies no parameter matrix by an activation (no dense or "
+            "convolution layer found), so K-FAC has nothing to precondition. Check that the "
+            "loss applies the model to the batch with these params.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return layers
 
 

@@ -138,6 +138,12 @@ def _check_layers(layers: Any) -> Layers:
             "kfac: layers must be the tuple of LayerInfo returned by "
             f"find_layers(loss_fn, params, batch); got {type(layers).__name__}."
         )
+    if not layers:
+        raise ValueError(
+            "kfac: layers is empty (find_layers found no dense or convolution layer), so K-FAC "
+            "would be plain SGD. Pass the layers of the model's loss, or use optax.sgd if SGD is "
+            "what you want."
+        )
     return tuple(layers)
 
 

@@ -320,6 +320,7 @@ def base_shapes(
             _check_choice("base_shapes", f"roles[{name!r}]", override, ROLES)
             w = dataclasses.replace(w, role=override)
         out.append(w)
+    _check_one_width_multiplier(out, roles)
     if isinstance(roles, Mapping):
         unknown = sorted(set(roles) - set(names))
         if unknown:
@@ -359,6 +360,26 @@ def scale_init(params: Any, shapes: BaseShapes, param: str = "mup") -> Any:
     return jax.tree_util.tree_map(
         lambda x, s: x * jnp.asarray(s, jnp.result_type(x)), params, mults
     )
+
+
+def _check_one_width_multiplier(widths: list[LeafWidth], roles: Any) -> None:
+    """The base must differ from the model in width only: every fan-in and fan-out multiplier is
+    1 or the one width multiplier m. Another input size (or number of classes) in the base would
+    change the input (output) layer's role to "hidden" without a word."""
+    mults = [m for w in widths for m in (w.fan_in_mult, w.fan_out_mult) if m != 1.0]
+    if not mults:
+        return
+    width = max(set(mults), key=mults.count)
+    for w in widths:
+        overridden = roles is not None and (callable(roles) or w.name in roles)
+        odd = [m for m in (w.fan_in_mult, w.fan_out_mult) if m not in (1.0, width)]
+        if odd and not overridden:
+            raise ValueError(
+                f"base_shapes: parameter {w.name!r} changes by a factor {odd[0]:g} against the "
+                f"base, but the width changes by {width:g}: the base must be the same model at "
+                "another width (same input size and number of outputs). Build the base with the "
+                f"model's input and output sizes, or give {w.name!r} its role with roles=."
+            )
 
 
 def set_base_shapes(
@@ -524,6 +545,11 @@ def make_optimizer(
         one_d=kwargs.get("one_d", "none"),
     )
     if name == "sgd":
+        if kwargs:
+            raise TypeError(
+                f"make_optimizer('sgd'): got keywords {sorted(kwargs)} that SGD has no use for "
+                "(they are options of adam, kfac or shampoo); remove them or choose that optimiser."
+            )
         core = optax.identity()
     elif name == "adam":
         core = optax.scale_by_adam(**kwargs)

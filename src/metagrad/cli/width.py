@@ -14,6 +14,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import Any
 
@@ -255,32 +256,18 @@ def _task(args: argparse.Namespace):
 
 
 def _configs(args: argparse.Namespace, optimizers, params, rules) -> list[WidthConfig]:
-    configs = []
-    for opt in optimizers:
-        for param in params:
-            for rule in rules if opt == "kfac" else rules[:1]:
-                configs.append(
-                    WidthConfig(
-                        optimizer=opt,
-                        param=param,
-                        model=args.model,
-                        depth=args.depth,
-                        heads=args.heads,
-                        base_width=args.base_width,
-                        batch_size=args.batch_size,
-                        damping=args.damping,
-                        damping_rule=rule,
-                        refresh=args.refresh,
-                        shampoo_eps=args.shampoo_eps,
-                        shampoo_eps_mode=args.shampoo_eps_mode,
-                        shampoo_exponent=args.shampoo_exponent,
-                        shampoo_warmup=args.shampoo_warmup,
-                        shampoo_graft=args.shampoo_graft,
-                        block_size=args.block_size,
-                        momentum=args.momentum,
-                    )
-                )
-    return configs
+    # Every WidthConfig field that is also a flag of this command comes from the flag.
+    from_flags = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(WidthConfig)
+        if f.name not in ("optimizer", "param", "damping_rule") and hasattr(args, f.name)
+    }
+    return [
+        WidthConfig(optimizer=opt, param=param, damping_rule=rule, **from_flags)
+        for opt in optimizers
+        for param in params
+        for rule in (rules if opt == "kfac" else rules[:1])
+    ]
 
 
 def run_coord_check(args: argparse.Namespace) -> int:

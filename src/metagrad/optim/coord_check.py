@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.files import save_figure
-from metagrad.optim.experiment import WidthConfig, build, make_step, prepare_inputs
+from metagrad.optim.experiment import WidthConfig, build, make_train, prepare_inputs
 from metagrad.optim.tasks import ClassificationTask
 from metagrad.progress import progress_bar
 
@@ -145,31 +145,25 @@ def coord_check(
 
 
 def _make_run(setup: Any, steps: int, batch_size: int):
-    step = make_step(setup)
+    """``run(params, lr, key, x, y, probe) -> Δh``: mean |h_t - h_0| of every layer's features
+    on the probe batch after each step, shape ``(steps, layers)``."""
 
     def features(params, x):
         _, feats = setup.model.apply(params, x, return_features=True)
         return feats
 
+    def delta(params, loss, probe, h0):
+        h = features(params, probe)
+        return jnp.stack(
+            [jnp.mean(jnp.abs(a - b)).astype(jnp.float32) for a, b in zip(h, h0, strict=True)]
+        )
+
+    train = make_train(setup, steps, batch_size, observe=delta)
+
     def run(params, lr, key, x, y, probe):
-        h0 = features(params, probe)
-        state = setup.optimizer.init(params)
-        n = x.shape[0]
+        return train(params, lr, key, x, y, probe, features(params, probe))[1]
 
-        def body(carry, t):
-            params, state = carry
-            idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n)
-            params, state, _ = step(params, state, lr, x[idx], y[idx])
-            h = features(params, probe)
-            delta = jnp.stack(
-                [jnp.mean(jnp.abs(a - b)).astype(jnp.float32) for a, b in zip(h, h0, strict=True)]
-            )
-            return (params, state), delta
-
-        _, deltas = jax.lax.scan(body, (params, state), jnp.arange(steps))
-        return deltas
-
-    return jax.jit(run)
+    return run
 
 
 def plot_coord_checks(results: Sequence[dict[str, Any]], path: str) -> None:

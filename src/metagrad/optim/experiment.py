@@ -253,15 +253,29 @@ def make_step(setup: Setup) -> Callable[..., Any]:
     return step
 
 
-def make_train(setup: Setup, steps: int, batch_size: int) -> Callable[..., Any]:
-    """A compiled training run ``(params, lr, key, x, y) -> (params, losses)``.
+def make_train(
+    setup: Setup,
+    steps: int,
+    batch_size: int,
+    observe: Callable[..., Any] | None = None,
+) -> Callable[..., Any]:
+    """A compiled training run ``(params, lr, key, x, y, *extra) -> (params, records)``.
 
-    Each step samples a minibatch (with replacement, from ``key``) and takes one step; ``losses``
-    are the minibatch losses before each step.
+    Each step samples a minibatch (with replacement, from ``key``) and takes one step.
+
+    Args:
+      setup: the model, optimiser and loss at one width.
+      steps: training steps.
+      batch_size: examples per step.
+      observe: ``(params, loss, *extra) -> record`` after each step; default: the minibatch
+        loss before the step (a coordinate check records its feature changes instead).
+
+    Returns:
+      The jitted run; ``records`` stacks one record per step.
     """
     step = make_step(setup)
 
-    def run(params, lr, key, x, y):
+    def run(params, lr, key, x, y, *extra):
         state = setup.optimizer.init(params)
         n = x.shape[0]
 
@@ -269,10 +283,11 @@ def make_train(setup: Setup, steps: int, batch_size: int) -> Callable[..., Any]:
             params, state = carry
             idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n)
             params, state, loss = step(params, state, lr, x[idx], y[idx])
-            return (params, state), loss
+            record = loss if observe is None else observe(params, loss, *extra)
+            return (params, state), record
 
-        (params, _), losses = jax.lax.scan(body, (params, state), jnp.arange(steps))
-        return params, losses
+        (params, _), records = jax.lax.scan(body, (params, state), jnp.arange(steps))
+        return params, records
 
     return jax.jit(run)
 

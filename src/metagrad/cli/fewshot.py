@@ -17,7 +17,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--queries", type=int, default=15, help="query examples per class")
     p.add_argument("--steps", type=int, default=5, help="inner steps during meta-training")
-    p.add_argument("--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp")
+    p.add_argument(
+        "--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp, imaml"
+    )
     p.add_argument("--mode", default="mixflow", help="mixflow, remat or reverse")
     p.add_argument("--pattern", help="Lambda pattern used in training, e.g. 00001/11111")
     p.add_argument("--inner-lr", type=float, default=0.4)

@@ -165,7 +165,8 @@ def adapt_task(
             first_order=algorithm.first_order,
             method=algorithm.method,
             implicit=(
-                ImplicitConfig(solver="cg", maxiter=algorithm.cg_steps, warn=False)
+                # exactly cg_steps CG iterations (tol 0), as iMAML
+                ImplicitConfig(solver="cg", maxiter=algorithm.cg_steps, tol=0.0, warn=False)
                 if algorithm.method == "implicit"
                 else None
             ),

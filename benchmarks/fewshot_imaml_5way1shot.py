@@ -4,8 +4,11 @@ Same episodes, model and outer loop as ``benchmarks/fewshot_5way1shot.py`` (conv
 examples per class in training, meta-batch 8, Adam 1e-3, 1,500 meta-steps, seed 0; test on 600
 tasks with 15 queries per class). The inner loop is iMAML's (Rajeswaran et al. 2019, Omniglot
 settings): proximal term λ = 2, 16 inner gradient-descent steps in training and at test, 5
-conjugate-gradient steps for the implicit meta-gradient. The inner learning rate is 0.1 (MAML's
-0.4 diverges over 16 steps from the random initialisation: support loss 2.3 -> 52 after one step).
+conjugate-gradient steps for the implicit meta-gradient. The inner learning rate is 0.05: MAML's
+0.4 diverges over 16 steps from the random initialisation (support loss 2.3 -> 52 after one
+step); a first run with 0.1 was stopped at step 260 (training query accuracy fell from 0.73 at
+step ~110 to 0.53; the support-loss Hessian's top eigenvalue was ~33 at step 200, so 0.1 is past
+GD's stability limit 2/(33 + λ) ≈ 0.057, and the inner problem is not solved).
 
 Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implicit: flat in K).
 
@@ -30,7 +33,7 @@ from metagrad.memory import compiled_cost
 RUN = "results/fewshot/glyphs_5w1s_imaml"
 TRAIN = [
     "fewshot", "train", "--dataset", "glyphs", "--ways", "5", "--shots", "1", "--queries", "5",
-    "--algorithm", "imaml", "--steps", "16", "--test-steps", "16", "--inner-lr", "0.1",
+    "--algorithm", "imaml", "--steps", "16", "--test-steps", "16", "--inner-lr", "0.05",
     "--outer-lr", "1e-3", "--meta-batch", "8", "--iterations", "1500", "--val-every", "250",
     "--val-tasks", "200", "--checkpoint-every", "50", "--seed", "0", "--out", RUN,
     "--json", f"{RUN}/train.json",
@@ -47,7 +50,7 @@ def memory_vs_steps(ks: tuple[int, ...] = (5, 20, 50)) -> dict[str, dict[str, di
     """Compiled memory (bytes) of one meta-step (meta-batch 8, float32), iMAML vs MAML
     (mixflow), per K."""
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for name, lr in (("imaml", 0.1), ("maml", 0.4)):
+    for name, lr in (("imaml", 0.05), ("maml", 0.4)):
         out[name] = {}
         for k in ks:
             config = TrainConfig(

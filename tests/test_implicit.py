@@ -327,3 +327,21 @@ def test_imaml_trains_and_resumes_like_the_other_algorithms(tmp_path):
     assert a == b and [m["step"] for m in a] == [1, 2, 2, 3, 4, 4]
     assert all(np.isfinite(m["loss"]) for m in a)
     assert read_config(tmp_path / "b") == (config, 4)
+
+
+def test_bench_implicit_writes_json_and_png(tmp_path):
+    from metagrad.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # CG at T = 2: θ_T is no minimum yet
+        code = main(
+            ["bench", "implicit", "--quick", "--repeats", "1", "--json", str(tmp_path / "b.json"),
+             "--out", str(tmp_path)]
+        )  # fmt: skip
+    assert code == 0 and (tmp_path / "implicit.png").stat().st_size > 0
+    result = __import__("json").loads((tmp_path / "b.json").read_text())
+    rows = {(r["strategy"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {(s, t) for s in ("implicit", "mixflow", "mixflow+sqrt") for t in (2, 4)}
+    # the implicit meta-gradient's compiled memory does not depend on T
+    assert rows[("implicit", 2)]["temp_mib"] == rows[("implicit", 4)]["temp_mib"]
+    assert [a["steps"] for a in result["agreement"]] == [2, 4]

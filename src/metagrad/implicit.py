@@ -502,7 +502,7 @@ def _check_like(value: Pytree, reference: Pytree, name: str, ref_name: str) -> N
     """``value`` must have the tree structure and leaf shapes of ``reference``."""
     v_leaves, v_def = jax.tree.flatten(value)
     r_leaves, r_def = jax.tree.flatten(reference)
-    if v_def != r_def:
+    if str(v_def) != str(r_def):  # (PyTreeDef is typed without __eq__)
         raise ValueError(
             f"{name} must have the pytree structure of {ref_name}: expected {r_def}, got {v_def}. "
             f"Return one entry per leaf of {ref_name}, in the same containers."

@@ -345,3 +345,17 @@ def test_bench_implicit_writes_json_and_png(tmp_path):
     # the implicit meta-gradient's compiled memory does not depend on T
     assert rows[("implicit", 2)]["temp_mib"] == rows[("implicit", 4)]["temp_mib"]
     assert [a["steps"] for a in result["agreement"]] == [2, 4]
+
+
+def test_imaml_refuses_lambda_patterns():
+    from metagrad.fewshot import Pattern
+    from metagrad.fewshot.training import TrainConfig
+
+    with pytest.raises(ValueError, match="all layers adapted at every step"):
+        TrainConfig(algorithm="imaml", steps=2, pattern="01/11")
+    model = MLP((5, 6, 3))
+    alg = make_algorithm("imaml", steps=2)
+    meta = alg.init_meta(model.init(jax.random.PRNGKey(0)))
+    task = (jnp.zeros((3, 5)), jnp.arange(3), jnp.zeros((3, 5)), jnp.arange(3))
+    with pytest.raises(ValueError, match="imaml \\(method='implicit'\\) adapts every layer"):
+        adapt_task(model, alg, meta, task, pattern=Pattern.parse("01/11"))

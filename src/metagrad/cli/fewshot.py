@@ -249,6 +249,13 @@ def run_select(args: argparse.Namespace) -> int:
     if args.queries is not None and args.queries < 1:
         raise _fail("select", f"--queries must be >= 1; got {args.queries}.")
     config, splits, model, meta = _load_run("select", args.out)
+    if config.make_algorithm().method == "implicit":
+        raise _fail(
+            "select",
+            f"the run in {args.out} is {config.algorithm} (implicit meta-gradient), which adapts "
+            "every layer at every step; Lambda patterns are selected for unrolled algorithms "
+            "(maml, anil, ...).",
+        )
     queries = args.queries or config.queries
     k = args.steps or config.test_steps or config.steps
     n = len(meta["params"])

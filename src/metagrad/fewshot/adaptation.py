@@ -154,6 +154,12 @@ def adapt_task(
         inner_losses = jnp.full((pattern.steps,), jnp.nan, hs.dtype)
     else:
         masks = [list(row[c:]) for row in pattern.matrix]
+        if algorithm.method == "implicit" and not all(all(r) for r in masks):
+            raise ValueError(
+                f"adapt_task: {algorithm.name} (method='implicit') adapts every layer at every "
+                f"step; got pattern {pattern.code!r}. Use the full pattern, or an unrolled "
+                "algorithm (e.g. maml) for Lambda patterns."
+            )
         problem = Bilevel(
             inner_loss=inner_loss,
             outer_loss=task_loss,

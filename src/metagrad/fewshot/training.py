@@ -96,6 +96,7 @@ class TrainConfig:
         for name in ("val_every", "val_tasks", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""

@@ -40,6 +40,7 @@ ENGINE = (
     "bilevel",
     "diagnostics",
     "distributed",
+    "implicit",
     "memory",
     "nonfinite",
     "planner",

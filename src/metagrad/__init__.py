@@ -7,6 +7,10 @@ Public API:
                          ``unroll(mode="auto")`` chooses from)
   Bilevel, InnerResult, meta_train_step
                          inner loop + outer objective -> exact meta-gradient
+  ImplicitConfig, SolveInfo, argmin_solution, root_solution, fixed_point_solution,
+  argmin_vjp, root_vjp, solve_linear
+                         implicit meta-gradients (IFT): differentiate through the solution of the
+                         inner problem; matrix-free CG / Neumann / GMRES / BiCGSTAB solves
   scale_by_learning_rates
                          per-parameter (meta-learned) learning rates as an optax transformation
   compiled_cost, CompiledCost
@@ -25,6 +29,16 @@ Public API:
 from metagrad.autodiff import MODES, grad, value_and_grad
 from metagrad.bilevel import Bilevel, InnerResult, meta_train_step
 from metagrad.diagnostics import CheckReport, check, check_meta_gradient
+from metagrad.implicit import (
+    ImplicitConfig,
+    SolveInfo,
+    argmin_solution,
+    argmin_vjp,
+    fixed_point_solution,
+    root_solution,
+    root_vjp,
+    solve_linear,
+)
 from metagrad.memory import CompiledCost, compiled_cost
 from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
 from metagrad.reversible import (
@@ -45,13 +59,18 @@ __all__ = [
     "Bilevel",
     "CheckReport",
     "CompiledCost",
+    "ImplicitConfig",
     "InnerResult",
     "NonFiniteError",
     "ReversibleState",
+    "SolveInfo",
+    "argmin_solution",
+    "argmin_vjp",
     "buffer_limbs",
     "check",
     "check_meta_gradient",
     "compiled_cost",
+    "fixed_point_solution",
     "grad",
     "meta_train_step",
     "plan_unroll",
@@ -59,7 +78,10 @@ __all__ = [
     "reversible_forward",
     "reversible_momentum_sgd",
     "reversible_reverse",
+    "root_solution",
+    "root_vjp",
     "scale_by_learning_rates",
+    "solve_linear",
     "unroll",
     "value_and_grad",
 ]

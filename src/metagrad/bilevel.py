@@ -9,11 +9,16 @@ anywhere:
   ``optax.inject_hyperparams``, or per-parameter rates with ``metagrad.scale_by_learning_rates``;
 * as the initial parameters (MAML): ``init_params=lambda meta: meta["params"]``.
 
-MAML, Meta-SGD and learned optimiser hyper-parameters are configurations of ``Bilevel``, not
-separate engines. The differentiation strategy is the ``mode`` switch of ``metagrad.unroll``.
+MAML, Meta-SGD, iMAML and learned optimiser hyper-parameters are configurations of ``Bilevel``,
+not separate engines. ``method`` chooses how the meta-gradient is taken: ``"unroll"`` (default)
+differentiates through the inner trajectory, with the ``mode`` switch of ``metagrad.unroll``;
+``"implicit"`` runs the same inner loop without differentiation and differentiates through the
+optimality condition ``∇_θ inner_loss(θ_T, meta, batch) = 0`` of its result
+(``metagrad.argmin_solution``).
 
 References:
     Kemaev et al., *Scalable Meta-Learning via Mixed-Mode Differentiation*, ICML 2025.
+    Rajeswaran, Finn, Kakade, Levine. *Meta-Learning with Implicit Gradients*, NeurIPS 2019.
     Finn, Abbeel, Levine. *Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks*,
     ICML 2017.
 """
@@ -30,6 +35,7 @@ import numpy as np
 import optax
 
 from metagrad.autodiff import validate_mode, value_and_grad
+from metagrad.implicit import ImplicitConfig, argmin_solution
 from metagrad.nonfinite import all_finite
 from metagrad.schedules import Schedule, segment_lengths
 from metagrad.unrolling import unroll
@@ -38,6 +44,7 @@ Params = Any
 Meta = Any
 Batch = Any
 Loss = Callable[[Params, Meta, Batch], jax.Array]
+METHODS: tuple[str, ...] = ("unroll", "implicit")
 OptimizerSpec: TypeAlias = (
     optax.GradientTransformation | Callable[[Meta], optax.GradientTransformation]
 )
@@ -99,6 +106,18 @@ class Bilevel:
       first_order: if ``True``, the inner gradients are treated as constants in the meta-gradient
         (``jax.lax.stop_gradient``): first-order MAML. Learning rates in the optimiser still
         receive their (first-order) meta-gradient.
+      method: ``"unroll"`` (default): the meta-gradient through the T inner steps (``mode``,
+        ``schedule``, ``update_masks``, ``first_order`` apply). ``"implicit"``: the T steps are
+        run without differentiation, and the meta-gradient comes from the implicit function
+        theorem at their result θ_T, as if ``∇_θ inner_loss(θ_T, meta, inner_batch) = 0``: one
+        linear solve with forward-over-reverse Hessian-vector products, memory independent of
+        T. It is exact only when the inner loop has (nearly) reached a minimum, and it needs
+        ``inner_batch`` (the data of the inner objective). Meta-parameters that enter only
+        through the inner optimiser (learning rates) or ``init_params`` have no influence on the
+        minimum: their implicit meta-gradient is zero. Not with ``update_masks``, ``schedule``,
+        ``first_order``, or a ``mode`` other than ``"mixflow"``.
+      implicit: the linear solve of ``method="implicit"`` (``metagrad.ImplicitConfig``; default:
+        conjugate gradient, 100 iterations, relative tolerance 1e-6).
 
     Examples:
       Per-example loss weights (``sigmoid(meta)``) learned through three SGD steps of a linear
@@ -137,8 +156,11 @@ class Bilevel:
     update_masks: Sequence[Any] | None = None
     first_order: bool = False
     memory_budget: int | None = None
+    method: str = "unroll"
+    implicit: ImplicitConfig | None = None
 
     def __post_init__(self) -> None:
+        self._check_method()
         for name in ("inner_loss", "outer_loss"):
             if not callable(getattr(self, name)):
                 raise TypeError(
@@ -205,6 +227,40 @@ class Bilevel:
             # A tuple keeps the (frozen) dataclass hashable-friendly and immutable.
             object.__setattr__(self, "update_masks", masks)
 
+    def _check_method(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"Bilevel: method must be one of {', '.join(METHODS)}; got {self.method!r}."
+            )
+        if self.implicit is not None and not isinstance(self.implicit, ImplicitConfig):
+            raise TypeError(
+                "Bilevel: implicit must be a metagrad.ImplicitConfig (or None); got "
+                f"{type(self.implicit).__name__}."
+            )
+        if self.method == "unroll":
+            if self.implicit is not None:
+                raise ValueError(
+                    "Bilevel: implicit=ImplicitConfig(...) configures method='implicit'; got "
+                    "method='unroll'. Set method='implicit', or drop implicit."
+                )
+            return
+        conflicts = {
+            "update_masks": self.update_masks is not None,
+            "schedule": self.schedule is not None,
+            "first_order": self.first_order,
+            "memory_budget": self.memory_budget is not None,
+            "mode": self.mode != "mixflow",
+        }
+        bad = [name for name, set_ in conflicts.items() if set_]
+        if bad:
+            raise ValueError(
+                f"Bilevel: method='implicit' does not differentiate the inner trajectory, so "
+                f"{', '.join(bad)} (which shape that differentiation) cannot apply; got "
+                + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+                + ". Leave them at their defaults, or use method='unroll'."
+            )
+        object.__setattr__(self, "implicit", self.implicit or ImplicitConfig())
+
     def optimizer(self, meta: Meta) -> optax.GradientTransformation:
         """The inner optimiser for these meta-parameters."""
         if isinstance(self.inner_optimizer, optax.GradientTransformation):
@@ -233,7 +289,56 @@ class Bilevel:
 
         Returns:
           An ``InnerResult`` with the adapted parameters, the optimiser state and the inner losses.
+          With ``method="implicit"``, the parameters are differentiable in ``meta`` (and in the
+          floating-point leaves of ``inner_batch``) through the implicit function theorem; the
+          optimiser state and the losses are constants.
         """
+        if self.method == "implicit":
+            return self._adapt_implicit(meta, params, inner_batches, inner_batch, opt_state)
+        return self._adapt_unrolled(meta, params, inner_batches, inner_batch, opt_state)
+
+    def _adapt_implicit(
+        self,
+        meta: Meta,
+        params: Params | None,
+        inner_batches: Batch | None,
+        inner_batch: Batch | None,
+        opt_state: Any,
+    ) -> InnerResult:
+        if inner_batches is not None or inner_batch is None:
+            raise ValueError(
+                "Bilevel: method='implicit' differentiates through the minimum of "
+                "inner_loss(params, meta, inner_batch), so it needs inner_batch=... (the data of "
+                "the inner objective, used at every step); got "
+                + (
+                    "inner_batches=... (one batch per step)."
+                    if inner_batches is not None
+                    else "none."
+                )
+                + " Pass the whole inner data set as inner_batch, or use method='unroll'."
+            )
+        # The inner loop itself is never differentiated: only its result enters the implicit node.
+        constant = jax.lax.stop_gradient
+        result = self._adapt_unrolled(
+            constant(meta),
+            None if params is None else constant(params),
+            None,
+            constant(inner_batch),
+            None if opt_state is None else constant(opt_state),
+        )
+        solution = argmin_solution(
+            self.inner_loss, result.params, meta, inner_batch, config=self.implicit
+        )
+        return InnerResult(solution, result.opt_state, result.losses)
+
+    def _adapt_unrolled(
+        self,
+        meta: Meta,
+        params: Params | None,
+        inner_batches: Batch | None,
+        inner_batch: Batch | None,
+        opt_state: Any,
+    ) -> InnerResult:
         params0 = self._initial_params(meta, params)
         opt = self.optimizer(meta)
         xs, fixed = self._step_data(inner_batches, inner_batch)

@@ -27,7 +27,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=positive_int, default=1)
     p.add_argument("--queries", type=positive_int, default=15, help="query examples per class")
     p.add_argument("--steps", type=positive_int, default=5, help="inner steps during meta-training")
-    p.add_argument("--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp")
+    p.add_argument(
+        "--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp, imaml"
+    )
     p.add_argument("--mode", default="mixflow", help="mixflow, remat or reverse")
     p.add_argument("--pattern", help="Lambda pattern used in training, e.g. 00001/11111")
     p.add_argument("--inner-lr", type=positive_number, default=0.4)
@@ -288,6 +290,13 @@ def run_select(args: argparse.Namespace) -> int:
     if args.queries is not None and args.queries < 1:
         raise _fail("select", f"--queries must be >= 1; got {args.queries}.")
     config, splits, model, meta = _load_run("select", args.out)
+    if config.make_algorithm().method == "implicit":
+        raise _fail(
+            "select",
+            f"the run in {args.out} is {config.algorithm} (implicit meta-gradient), which adapts "
+            "every layer at every step; Lambda patterns are selected for unrolled algorithms "
+            "(maml, anil, ...).",
+        )
     queries = args.queries or config.queries
     _check_fits("select", splits.val, "val", config, queries, None, model)
     k = args.steps or config.test_steps or config.steps

@@ -1,7 +1,7 @@
 """Few-shot meta-learning: the MAML family as one adaptation routine, Lambda patterns, selection.
 
 Public API (re-exports only):
-  Algorithm, make_algorithm, ALGORITHMS     MAML / FOMAML / ANIL / BOIL / Meta-SGD / MAML++
+  Algorithm, make_algorithm, ALGORITHMS     MAML / FOMAML / ANIL / BOIL / Meta-SGD / MAML++ / iMAML
   Pattern, structured_family, all_patterns  Lambda patterns (inner step x layer update masks)
   adapt_task, make_meta_step, make_adapt_fn the adaptation routine and jitted steps
   adaptation_flops, adaptation_time         what a pattern costs (XLA FLOPs, wall-clock)

@@ -16,8 +16,12 @@ set. Every algorithm in ``algorithms.py`` and every Lambda pattern is a configur
 beats ``vmap``, which turns per-task convolutions into slow grouped ones), averages, takes
 ``jax.value_and_grad`` and applies an optax outer optimiser, all in one jitted program.
 
+With ``algorithm.method == "implicit"`` (iMAML) the inner loss has the proximal term
+``λ/2 ‖θ − θ₀‖²`` and step 2's ``Bilevel`` differentiates through the minimum it reaches instead
+of its steps (``Bilevel(method="implicit")``).
+
 References:
-  Finn et al., ICML 2017 (MAML); Khabarlak 2022, arXiv:2206.05930 (Lambda patterns).
+  Finn et al., ICML 2017 (MAML); Rajeswaran et al., NeurIPS 2019 (iMAML); Khabarlak 2022, arXiv:2206.05930 (Lambda patterns).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from metagrad.bilevel import Bilevel, meta_train_step
 from metagrad.fewshot.algorithms import Algorithm
 from metagrad.fewshot.network import Model, apply_layers, n_layers, task_losses
 from metagrad.fewshot.patterns import Pattern
+from metagrad.implicit import ImplicitConfig
 from metagrad.nonfinite import leaf_finiteness
 
 Array = jax.Array
@@ -130,7 +135,17 @@ def adapt_task(
     # Cached features: computed once, outside the inner loop; they depend on θ₀'s prefix.
     hs = apply_layers(model, prefix, sx, 0)
 
+    proximal = algorithm.proximal
+
     def inner_loss(p: list[dict[str, Array]], m: Meta, batch: tuple[Array, Array]) -> Array:
+        loss = loss_fn(apply_layers(model, p, batch[0], c), batch[1])
+        if proximal:
+            # iMAML's proximal term λ/2 ‖θ − θ₀‖²: it is how θ₀ shapes the inner minimum.
+            gaps = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), p, m["params"][c:])
+            loss = loss + 0.5 * proximal * sum(jax.tree.leaves(gaps))
+        return loss
+
+    def task_loss(p: list[dict[str, Array]], m: Meta, batch: tuple[Array, Array]) -> Array:
         del m
         return loss_fn(apply_layers(model, p, batch[0], c), batch[1])
 
@@ -140,15 +155,28 @@ def adapt_task(
         inner_losses = jnp.full((pattern.steps,), jnp.nan, hs.dtype)
     else:
         masks = [list(row[c:]) for row in pattern.matrix]
+        if algorithm.method == "implicit" and not all(all(r) for r in masks):
+            raise ValueError(
+                f"adapt_task: {algorithm.name} (method='implicit') adapts every layer at every "
+                f"step; got pattern {pattern.code!r}. Use the full pattern, or an unrolled "
+                "algorithm (e.g. maml) for Lambda patterns."
+            )
         problem = Bilevel(
             inner_loss=inner_loss,
-            outer_loss=inner_loss,
+            outer_loss=task_loss,
             inner_optimizer=lambda m: algorithm.inner_optimizer(m, c),
             steps=pattern.steps,
             init_params=lambda m: m["params"][c:],
             mode=algorithm.mode,
             update_masks=None if all(all(r) for r in masks) else masks,
             first_order=algorithm.first_order,
+            method=algorithm.method,
+            implicit=(
+                # exactly cg_steps CG iterations (tol 0), as iMAML
+                ImplicitConfig(solver="cg", maxiter=algorithm.cg_steps, tol=0.0, warn=False)
+                if algorithm.method == "implicit"
+                else None
+            ),
         )
         result = problem.adapt(meta, inner_batch=(hs, sy))
         suffix, inner_losses = result.params, result.losses

@@ -20,6 +20,8 @@ References:
   Li, Zhou, Chen, Li. *Meta-SGD*, 2017, arXiv:1707.09835.
   Antoniou, Edwards, Storkey. *How to train your MAML*, ICLR 2019 (MAML++; only its learned
   per-layer per-step learning rates, LSLR, are implemented here).
+  Rajeswaran, Finn, Kakade, Levine. *Meta-Learning with Implicit Gradients*, NeurIPS 2019
+  (iMAML: λ = 2, 5 conjugate-gradient steps, 16 inner gradient steps for Omniglot 5-way).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from metagrad.fewshot.patterns import Pattern
 from metagrad.transforms import scale_by_learning_rates, scale_by_step_learning_rates
 from metagrad.validation import require_one_of
 
-ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "boil", "metasgd", "mamlpp")
+ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "boil", "metasgd", "mamlpp", "imaml")
+METHODS: tuple[str, ...] = ("unroll", "implicit")
 LAYER_RULES: tuple[str, ...] = ("all", "head", "body")
 LEARNED_LR: tuple[str | None, ...] = (None, "per_parameter", "per_layer_step")
 
@@ -57,6 +60,14 @@ class Algorithm:
         ``"per_layer_step"`` (MAML++ LSLR).
       mode: differentiation strategy of the second-order meta-gradient: ``"mixflow"``,
         ``"remat"`` or ``"reverse"``.
+      proximal: λ ≥ 0 of the proximal term ``λ/2 ‖θ − θ₀‖²`` added to the inner (support) loss
+        (iMAML); 0: none.
+      method: ``"unroll"`` (differentiate the inner steps) or ``"implicit"`` (implicit function
+        theorem at the adapted parameters: ``(I + H/λ)⁻¹ ∇L_query``, iMAML). ``"implicit"``
+        needs ``proximal > 0`` (without it, the minimum does not depend on θ₀), all layers
+        adapted at every step, a fixed learning rate and ``mode="mixflow"``.
+      cg_steps: conjugate-gradient iterations of the implicit solve (iMAML: 5; truncated on
+        purpose, so the solve does not warn when it stops short of convergence).
     """
 
     name: str = "maml"
@@ -67,6 +78,9 @@ class Algorithm:
     pattern: Pattern | None = None
     learned_lr: str | None = None
     mode: str = "mixflow"
+    proximal: float = 0.0
+    method: str = "unroll"
+    cg_steps: int = 5
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -81,6 +95,34 @@ class Algorithm:
                 "one row per inner step."
             )
         validate_mode(self.mode, "Algorithm: mode")
+        if not self.proximal >= 0:
+            raise ValueError(f"Algorithm: proximal must be >= 0; got {self.proximal!r}.")
+        if self.method not in METHODS:
+            raise ValueError(f"Algorithm: method must be one of {METHODS}; got {self.method!r}.")
+        if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
+            raise ValueError(f"Algorithm: cg_steps must be a positive int; got {self.cg_steps!r}.")
+        if self.method == "implicit":
+            problems = []
+            if not self.proximal > 0:
+                problems.append(
+                    "proximal > 0 (without the proximal term the adapted parameters do not "
+                    "depend on θ₀, so the implicit meta-gradient of θ₀ is zero)"
+                )
+            if self.learned_lr is not None:
+                problems.append(
+                    f"a fixed learning rate (learned_lr={self.learned_lr!r}: learning rates do "
+                    "not move the minimum, so they get no implicit meta-gradient)"
+                )
+            if self.layers != "all" or (self.pattern is not None and self.pattern.density < 1):
+                problems.append("all layers adapted at every step (layers='all', no pattern)")
+            if self.first_order:
+                problems.append("first_order=False")
+            if self.mode != "mixflow":
+                problems.append(f"mode='mixflow' (got {self.mode!r})")
+            if problems:
+                raise ValueError(
+                    f"Algorithm {self.name!r}: method='implicit' needs " + "; ".join(problems) + "."
+                )
 
     def train_pattern(self, n_layers: int) -> Pattern:
         """The pattern used during meta-training for a model with ``n_layers`` layers."""
@@ -136,6 +178,7 @@ def make_algorithm(name: str, **overrides: Any) -> Algorithm:
         "boil": {"layers": "body"},
         "metasgd": {"learned_lr": "per_parameter"},
         "mamlpp": {"learned_lr": "per_layer_step"},
+        "imaml": {"proximal": 2.0, "method": "implicit", "cg_steps": 5, "steps": 16},
     }
     if name not in presets:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {name!r}.")

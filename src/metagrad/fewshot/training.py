@@ -114,6 +114,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+        self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""

@@ -1,0 +1,361 @@
+"""Implicit meta-gradients (metagrad.implicit, Bilevel(method="implicit"), iMAML) in float64."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metagrad
+from metagrad import Bilevel, ImplicitConfig
+from metagrad.fewshot import adapt_task, make_algorithm
+from metagrad.fewshot.network import cross_entropy
+from metagrad.models import MLP
+
+N, D = 12, 4
+
+
+def _ridge_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, D)), rng.normal(size=N)
+    xv, yv = rng.normal(size=(N, D)), rng.normal(size=N)
+    eta = rng.normal(size=D) * 0.5
+    return x, y, xv, yv, eta
+
+
+def _ridge_loss(w, eta, batch):
+    """Per-feature L2 strengths exp(η): 1/2 ‖Xw − y‖² + 1/2 Σ exp(η_i) w_i²."""
+    x, y = batch
+    return 0.5 * jnp.sum((x @ w - y) ** 2) + 0.5 * jnp.sum(jnp.exp(eta) * w**2)
+
+
+def _val_loss(w, xv, yv):
+    return 0.5 * jnp.sum((xv @ w - yv) ** 2)
+
+
+def _closed_form(x, y, xv, yv, eta):
+    """NumPy: w*(η) = A⁻¹ Xᵀy, A = XᵀX + diag(e^η); dV/dη_i = −e^{η_i} w*_i (A⁻¹ ∇_w V)_i."""
+    a = x.T @ x + np.diag(np.exp(eta))
+    w = np.linalg.solve(a, x.T @ y)
+    v = np.linalg.solve(a, xv.T @ (xv @ w - yv))
+    return w, -np.exp(eta) * w * v, a
+
+
+def _implicit_hypergradient(x, y, xv, yv, eta, config):
+    w_star, _, _ = _closed_form(x, y, xv, yv, np.asarray(eta))
+
+    def val(e):
+        w = metagrad.argmin_solution(_ridge_loss, jnp.asarray(w_star), e, (x, y), config=config)
+        return _val_loss(w, xv, yv)
+
+    return np.asarray(jax.grad(val)(jnp.asarray(eta)))
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres", "bicgstab"])
+def test_ridge_hypergradient_equals_closed_form(x64, solver):
+    x, y, xv, yv, eta = _ridge_data()
+    _, want, _ = _closed_form(x, y, xv, yv, eta)
+    got = _implicit_hypergradient(
+        x, y, xv, yv, eta, ImplicitConfig(solver=solver, maxiter=50, tol=1e-14)
+    )
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-8
+
+
+def test_root_and_fixed_point_forms_equal_closed_form(x64):
+    x, y, xv, yv, eta = _ridge_data()
+    w_star, want, a = _closed_form(x, y, xv, yv, eta)
+    step = 1.0 / np.linalg.eigvalsh(a).max()
+    config = ImplicitConfig(maxiter=50, tol=1e-14)  # GMRES, the default of these forms
+
+    def gradient_map(w, e, batch):
+        return jax.grad(_ridge_loss)(w, e, batch)
+
+    def gd_map(w, e, batch):  # one gradient-descent step: its fixed point is the minimum
+        return w - step * jax.grad(_ridge_loss)(w, e, batch)
+
+    for form, fn in (
+        (metagrad.root_solution, gradient_map),
+        (metagrad.fixed_point_solution, gd_map),
+    ):
+        got = jax.grad(
+            lambda e, form=form, fn=fn: _val_loss(
+                form(fn, jnp.asarray(w_star), e, (x, y), config=config), xv, yv
+            )
+        )(jnp.asarray(eta))
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-8
+
+
+def test_neumann_within_its_truncation_bound(x64):
+    """Neumann with K terms and step α: w* − w_K = (I − αA)^K w*, so the hyper-gradient error is at
+    most ‖∂_η F‖₂ ρ^K ‖w*‖ with ρ = max_i |1 − α λ_i(A)| (Lorraine et al. 2020)."""
+    x, y, xv, yv, eta = _ridge_data()
+    w_star, want, a = _closed_form(x, y, xv, yv, eta)
+    lam = np.linalg.eigvalsh(a)
+    alpha = 1.0 / lam.max()
+    rho = np.max(np.abs(1 - alpha * lam))
+    w_solve = np.linalg.solve(a, xv.T @ (xv @ w_star - yv))
+    d_eta_f = np.diag(np.exp(eta) * w_star)  # ∂_η ∇_w L
+    for terms in (5, 20, 80):
+        config = ImplicitConfig(solver="neumann", maxiter=terms, neumann_alpha=alpha, warn=False)
+        got = _implicit_hypergradient(x, y, xv, yv, eta, config)
+        bound = np.linalg.norm(d_eta_f, 2) * rho**terms * np.linalg.norm(w_solve)
+        assert np.linalg.norm(got - want) <= bound * (1 + 1e-9) + 1e-15
+    # and the bound is not vacuous: 80 terms are far more accurate than 5
+    assert rho**80 < 1e-3 * rho**5
+
+
+def test_solve_linear_reports_the_residual(x64):
+    a = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    b = {"u": jnp.array([1.0, 2.0]), "v": jnp.array(3.0)}
+
+    def matvec(t):
+        z = a @ jnp.concatenate([t["u"], t["v"][None]])
+        return {"u": z[:2], "v": z[2]}
+
+    x, info = metagrad.solve_linear(matvec, b, ImplicitConfig(tol=1e-12))
+    want = np.linalg.solve(np.asarray(a) + 0.0, np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(np.append(x["u"], x["v"]), want, rtol=1e-10)
+    assert bool(info.converged) and float(info.relative_residual) < 1e-12
+    x, info = metagrad.solve_linear(matvec, b, ImplicitConfig(maxiter=1, damping=0.5))
+    assert not bool(info.converged)
+    want = np.linalg.solve(np.asarray(a) + 0.5 * np.eye(3), np.array([1.0, 2.0, 3.0]))
+    z = np.append(x["u"], x["v"])
+    residual = np.linalg.norm((np.asarray(a) + 0.5 * np.eye(3)) @ z - [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(float(info.residual), residual, rtol=1e-10)
+
+
+def test_argmin_vjp_returns_info_and_float0_for_integer_args(x64):
+    x, y, xv, yv, eta = _ridge_data()
+    w_star, want, _ = _closed_form(x, y, xv, yv, eta)
+    labels = jnp.arange(N)  # an integer argument: gets a float0 cotangent
+
+    def loss(w, e, batch, ints):
+        del ints
+        return _ridge_loss(w, e, batch)
+
+    ct = jax.grad(_val_loss)(jnp.asarray(w_star), xv, yv)
+    (ct_eta, ct_batch, ct_ints), info = metagrad.argmin_vjp(
+        loss, jnp.asarray(w_star), (jnp.asarray(eta), (x, y), labels), ct, ImplicitConfig(tol=1e-13)
+    )
+    np.testing.assert_allclose(ct_eta, want, rtol=1e-9)
+    assert ct_ints.dtype == jax.dtypes.float0 and ct_batch[0].shape == (N, D)
+    assert bool(info.converged)
+
+
+def test_closed_over_meta_parameters_are_differentiated(x64):
+    x, y, xv, yv, eta = _ridge_data()
+    w_star, want, _ = _closed_form(x, y, xv, yv, eta)
+
+    def val(e):
+        loss = lambda w: _ridge_loss(w, e, (x, y))  # noqa: E731  (closes over the traced η)
+        w = metagrad.argmin_solution(loss, jnp.asarray(w_star), config=ImplicitConfig(tol=1e-14))
+        return _val_loss(w, xv, yv)
+
+    got = jax.jit(jax.grad(val))(jnp.asarray(eta))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def _logistic_problem():
+    """L2-regularised logistic regression (strongly convex) with per-feature strengths exp(η)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 3))
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 * rng.normal(size=20) > 0).astype(np.float64)
+    xv = rng.normal(size=(20, 3))
+    yv = (xv @ np.array([1.0, -2.0, 0.5]) > 0).astype(np.float64)
+
+    def nll(w, batch):
+        a, t = batch
+        z = a @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - t * z)
+
+    def inner(w, eta, batch):
+        return nll(w, batch) + 0.5 * jnp.sum(jnp.exp(eta) * w**2)
+
+    def outer(w, eta, batch):
+        return nll(w, batch)
+
+    return inner, outer, (x, y), (xv, yv), jnp.array([-1.0, -0.5, -2.0])
+
+
+def test_implicit_bilevel_agrees_with_unrolled_mixflow(x64):
+    inner, outer, batch, val, eta = _logistic_problem()
+    results = {}
+    for method, kw in (("unroll", {}), ("implicit", {"implicit": ImplicitConfig(tol=1e-12)})):
+        problem = Bilevel(inner, outer, optax.sgd(1.0), steps=600, method=method, **kw)
+        value, grad, result = jax.jit(
+            lambda e, p=problem: p.value_and_grad(
+                e, params=jnp.zeros(3), inner_batch=batch, outer_batch=val, return_inner=True
+            )
+        )(eta)
+        results[method] = (value, grad)
+    # the inner problem is solved to tolerance ...
+    assert float(jnp.linalg.norm(jax.grad(inner)(result.params, eta, batch))) < 1e-10
+    (v_u, g_u), (v_i, g_i) = results["unroll"], results["implicit"]
+    assert float(v_u) == float(v_i)
+    # ... and the implicit meta-gradient agrees with the unrolled (mixed-mode) one
+    assert float(jnp.linalg.norm(g_i - g_u) / jnp.linalg.norm(g_u)) < 1e-4
+
+
+def test_meta_train_step_switches_by_configuration(x64):
+    inner, outer, batch, val, eta = _logistic_problem()
+    problem = Bilevel(inner, outer, optax.sgd(1.0), steps=400, method="implicit")
+    outer_opt = optax.sgd(0.5)
+    step = metagrad.meta_train_step(problem, outer_opt)
+    state = outer_opt.init(eta)
+    e, losses = eta, []
+    for _ in range(3):
+        e, state, value = step(e, state, params=jnp.zeros(3), inner_batch=batch, outer_batch=val)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+
+
+def test_warns_with_the_residual_when_not_converged(x64):
+    x, y, xv, yv, eta = _ridge_data()
+    with pytest.warns(RuntimeWarning, match=r"did not converge.*relative residual [0-9.e+-]+ > "):
+        _implicit_hypergradient(x, y, xv, yv, eta, ImplicitConfig(maxiter=1, tol=1e-12))
+        jax.effects_barrier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _implicit_hypergradient(x, y, xv, yv, eta, ImplicitConfig(maxiter=1, warn=False))
+        jax.effects_barrier()
+
+
+def test_errors_name_the_argument():
+    w = jnp.zeros(3)
+    loss = lambda w, e: jnp.sum((w - e) ** 2)  # noqa: E731
+    with pytest.raises(ValueError, match="solver must be one of cg, neumann, gmres, bicgstab"):
+        ImplicitConfig(solver="lu")
+    with pytest.raises(ValueError, match="maxiter must be a positive int"):
+        ImplicitConfig(maxiter=0)
+    with pytest.raises(ValueError, match="damping must be a number >= 0"):
+        ImplicitConfig(damping=-1.0)
+    with pytest.raises(ValueError, match=r"cotangent: leaf 0 has shape \(2,\).*shape \(3,\)"):
+        metagrad.argmin_vjp(loss, w, (w,), jnp.zeros(2))
+    with pytest.raises(ValueError, match="cotangent must have the pytree structure of solution"):
+        metagrad.argmin_vjp(loss, w, (w,), {"a": w})
+    with pytest.raises(TypeError, match="args must be a tuple"):
+        metagrad.argmin_vjp(loss, w, w, w)
+    with pytest.raises(TypeError, match="inner_loss must return a scalar"):
+        metagrad.argmin_solution(lambda w, e: w - e, w, w)
+    with pytest.raises(ValueError, match="function's output: leaf 0 has shape"):
+        metagrad.root_solution(lambda w, e: jnp.sum(w - e)[None], w, w)
+    with pytest.raises(TypeError, match=r"solution\[0\] has dtype int"):
+        metagrad.argmin_solution(lambda w, e: jnp.sum(e), [jnp.arange(3)], w)
+    kw = {"inner_loss": loss, "outer_loss": loss, "inner_optimizer": optax.sgd(0.1), "steps": 2}
+    with pytest.raises(ValueError, match="update_masks, first_order.*method='unroll'"):
+        Bilevel(**kw, method="implicit", update_masks=[True, False], first_order=True)
+    with pytest.raises(ValueError, match="implicit=ImplicitConfig.*configures method='implicit'"):
+        Bilevel(**kw, implicit=ImplicitConfig())
+    with pytest.raises(ValueError, match="method must be one of unroll, implicit"):
+        Bilevel(**kw, method="ift")
+    problem = Bilevel(**kw, method="implicit")
+    with pytest.raises(ValueError, match="needs inner_batch=.*got inner_batches"):
+        problem.value_and_grad(w, params=w, inner_batches=jnp.zeros((2, 3)), outer_batch=None)
+    with pytest.raises(ValueError, match="method='implicit' needs proximal > 0"):
+        make_algorithm("maml", method="implicit")
+    with pytest.raises(ValueError, match="a fixed learning rate"):
+        make_algorithm("imaml", learned_lr="per_parameter")
+
+
+def test_imaml_meta_gradient_is_the_proximal_formula(x64):
+    """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64)."""
+    model = MLP((5, 6, 3), activation="tanh")
+    params = model.init(jax.random.PRNGKey(0), jnp.float64)
+    key1, key2 = jax.random.split(jax.random.PRNGKey(1))
+    task = (
+        jax.random.normal(key1, (6, 5), jnp.float64),
+        jnp.arange(6) % 3,
+        jax.random.normal(key2, (6, 5), jnp.float64),
+        jnp.arange(6) % 3,
+    )
+    lam = 2.0
+    alg = make_algorithm("imaml", steps=300, inner_lr=0.2, proximal=lam, cg_steps=100)
+    meta = alg.init_meta(params)
+    got = jax.jit(jax.grad(lambda m: adapt_task(model, alg, m, task).loss))(meta)
+
+    result = adapt_task(model, alg, meta, task)
+    theta, unravel = jax.flatten_util.ravel_pytree(result.params)
+
+    def support(t):
+        return cross_entropy(model.apply(unravel(t), task[0]), task[1])
+
+    def query(t):
+        return cross_entropy(model.apply(unravel(t), task[2]), task[3])
+
+    g_prox = jax.grad(support)(theta) + lam * (theta - jax.flatten_util.ravel_pytree(params)[0])
+    assert float(jnp.linalg.norm(g_prox)) < 1e-9  # the inner problem is solved
+    h = jax.hessian(support)(theta)
+    want = np.linalg.solve(
+        np.eye(theta.size) + np.asarray(h) / lam, np.asarray(jax.grad(query)(theta))
+    )
+    got_flat = np.asarray(jax.flatten_util.ravel_pytree(got["params"])[0])
+    assert np.linalg.norm(got_flat - want) / np.linalg.norm(want) < 1e-8
+
+
+def test_imaml_trains_and_resumes_like_the_other_algorithms(tmp_path):
+    """``metagrad fewshot train --algorithm imaml``: same checkpoints, metrics and resume."""
+    import json
+
+    from metagrad.data import ClassDataset, Splits
+    from metagrad.fewshot.training import TrainConfig, read_config, train
+
+    rng = np.random.default_rng(0)
+
+    def ds(n_classes, offset):
+        images = rng.integers(0, 255, (n_classes, 6, 8, 8, 1), dtype=np.uint8)
+        return ClassDataset.from_grid(images, [f"c{offset + i}" for i in range(n_classes)])
+
+    splits = Splits(ds(6, 0), ds(4, 100), ds(4, 200))
+    config = TrainConfig(
+        algorithm="imaml", ways=3, shots=1, queries=2, steps=3, inner_lr=0.1, meta_batch=2,
+        iterations=4, channels=4, n_blocks=2, val_every=2, val_tasks=2, checkpoint_every=2,
+    )  # fmt: skip
+
+    def metrics(path):
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "time_s"}
+            for x in path.read_text().splitlines()
+        ]
+
+    train(config, tmp_path / "a", splits=splits, show_progress=False)
+    killed = train(config, tmp_path / "b", splits=splits, show_progress=False, stop_after=3)
+    assert killed["killed"]
+    train(config, tmp_path / "b", splits=splits, show_progress=False)
+    a, b = metrics(tmp_path / "a" / "metrics.jsonl"), metrics(tmp_path / "b" / "metrics.jsonl")
+    assert a == b and [m["step"] for m in a] == [1, 2, 2, 3, 4, 4]
+    assert all(np.isfinite(m["loss"]) for m in a)
+    assert read_config(tmp_path / "b") == (config, 4)
+
+
+def test_bench_implicit_writes_json_and_png(tmp_path):
+    from metagrad.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # CG at T = 2: θ_T is no minimum yet
+        code = main(
+            ["bench", "implicit", "--quick", "--repeats", "1", "--json", str(tmp_path / "b.json"),
+             "--out", str(tmp_path)]
+        )  # fmt: skip
+    assert code == 0 and (tmp_path / "implicit.png").stat().st_size > 0
+    result = __import__("json").loads((tmp_path / "b.json").read_text())
+    rows = {(r["strategy"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {(s, t) for s in ("implicit", "mixflow", "mixflow+sqrt") for t in (2, 4)}
+    # the implicit meta-gradient's compiled memory does not depend on T
+    assert rows[("implicit", 2)]["temp_mib"] == rows[("implicit", 4)]["temp_mib"]
+    assert [a["steps"] for a in result["agreement"]] == [2, 4]
+
+
+def test_imaml_refuses_lambda_patterns():
+    from metagrad.fewshot import Pattern
+    from metagrad.fewshot.training import TrainConfig
+
+    with pytest.raises(ValueError, match="all layers adapted at every step"):
+        TrainConfig(algorithm="imaml", steps=2, pattern="01/11")
+    model = MLP((5, 6, 3))
+    alg = make_algorithm("imaml", steps=2)
+    meta = alg.init_meta(model.init(jax.random.PRNGKey(0)))
+    task = (jnp.zeros((3, 5)), jnp.arange(3), jnp.zeros((3, 5)), jnp.arange(3))
+    with pytest.raises(ValueError, match="imaml \\(method='implicit'\\) adapts every layer"):
+        adapt_task(model, alg, meta, task, pattern=Pattern.parse("01/11"))

@@ -428,22 +428,14 @@ class Bilevel:
 
         return masked_step
 
-    def outer_value(
-        self,
-        meta: Meta,
-        *,
-        outer_batch: Batch,
-        params: Params | None = None,
-        inner_batches: Batch | None = None,
-        inner_batch: Batch | None = None,
-        opt_state: Any = None,
-    ) -> jax.Array:
+    def outer_value(self, meta: Meta, **data: Unpack[BilevelData]) -> jax.Array:
         """The outer objective V(θ_T(meta), meta, outer_batch), differentiable in ``meta``.
 
         Compose it freely, e.g. average it over a meta-batch of tasks with ``jax.lax.map`` and
-        differentiate the average with ``jax.grad``. Arguments are as in ``adapt``.
+        differentiate the average with ``jax.grad``. Arguments are as in ``adapt``, and
+        ``outer_batch``, the batch of the outer objective.
         """
-        return self._outer(meta, outer_batch, params, inner_batches, inner_batch, opt_state)[0]
+        return self._outer(meta, **data)[0]
 
     # The overloads only narrow the return type; the keyword arguments are the implementation's.
     @overload
@@ -462,6 +454,29 @@ class Bilevel:
     ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]: ...
 
     def value_and_grad(
+        self, meta: Meta, *, return_inner: bool = False, **data: Unpack[BilevelData]
+    ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]:
+        """The outer value and its exact meta-gradient ``dV/dmeta``.
+
+        Args:
+          meta: as in ``adapt``.
+          return_inner: also return the ``InnerResult`` of the inner loop (adapted parameters,
+            optimiser state, inner losses), e.g. to continue training from it.
+          **data: ``outer_batch`` (required) and ``params``, ``inner_batches`` or
+            ``inner_batch``, ``opt_state``, as in ``adapt`` and ``outer_value``.
+
+        Returns:
+          ``(value, meta_grad)``, or ``(value, meta_grad, inner_result)`` with ``return_inner``.
+          ``meta_grad`` has the structure of ``meta``.
+        """
+        _check_float_meta(meta)
+        (value, inner), meta_grad = jax.value_and_grad(
+            lambda m: self._outer(m, **data),
+            has_aux=True,
+        )(meta)
+        return (value, meta_grad, inner) if return_inner else (value, meta_grad)
+
+    def _outer(
         self,
         meta: Meta,
         *,
@@ -470,39 +485,6 @@ class Bilevel:
         inner_batches: Batch | None = None,
         inner_batch: Batch | None = None,
         opt_state: Any = None,
-        return_inner: bool = False,
-    ) -> tuple[jax.Array, Meta] | tuple[jax.Array, Meta, InnerResult]:
-        """The outer value and its exact meta-gradient ``dV/dmeta``.
-
-        Args:
-          meta: as in ``adapt`` and ``outer_value``.
-          outer_batch: as in ``adapt`` and ``outer_value``.
-          params: as in ``adapt`` and ``outer_value``.
-          inner_batches: as in ``adapt`` and ``outer_value``.
-          inner_batch: as in ``adapt`` and ``outer_value``.
-          opt_state: as in ``adapt`` and ``outer_value``.
-          return_inner: also return the ``InnerResult`` of the inner loop (adapted parameters,
-            optimiser state, inner losses), e.g. to continue training from it.
-
-        Returns:
-          ``(value, meta_grad)``, or ``(value, meta_grad, inner_result)`` with ``return_inner``.
-          ``meta_grad`` has the structure of ``meta``.
-        """
-        _check_float_meta(meta)
-        (value, inner), meta_grad = jax.value_and_grad(
-            lambda m: self._outer(m, outer_batch, params, inner_batches, inner_batch, opt_state),
-            has_aux=True,
-        )(meta)
-        return (value, meta_grad, inner) if return_inner else (value, meta_grad)
-
-    def _outer(
-        self,
-        meta: Meta,
-        outer_batch: Batch,
-        params: Params | None,
-        inner_batches: Batch | None,
-        inner_batch: Batch | None,
-        opt_state: Any,
     ) -> tuple[jax.Array, InnerResult]:
         result = self.adapt(
             meta,

@@ -53,7 +53,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path, cli_error):
         ["bench", "meta-grad", "--json", str(tmp_path)]
     )
     said = cli_error(["fewshot", "train", "--out", str(a_file / "run")])
-    assert re.search(r"argument --out: .* cannot write to .*Not a directory", said)
+    assert re.search(r"argument --out: .* cannot write to .*is a file, not a folder", said)
     assert a_file.read_text() == "mine"
 
 

@@ -144,21 +144,29 @@ def run_folder(text: str) -> Path:
 
 
 def _check_creatable(folder: Path, text: str) -> None:
-    """Fails unless ``folder`` is (or can be made) a folder that accepts a new file.
+    """Fails unless ``folder`` is, or could be created as, a folder that accepts a new file.
 
-    The folder is created now, and a probe file written and removed: permission bits do not say
-    everything (read-only mounts, pseudo file systems, running as root).
+    Nothing is created: a probe file is written (and removed) in the nearest folder that exists,
+    because permission bits do not say everything (read-only mounts, pseudo file systems, root).
     """
     import tempfile
 
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: cannot write to {folder} ({existing} is a file, not a folder); choose a "
+            "folder you can write to"
+        )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".metagrad-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".metagrad-probe-"):
             pass
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise argparse.ArgumentTypeError(
-            f"{text!r}: cannot write to {folder} ({reason}); choose a folder you can write to"
+            f"{text!r}: cannot write to {folder} ({reason} in {existing}); choose a folder you "
+            "can write to"
         ) from None
 
 

@@ -1,13 +1,10 @@
 """Meta-training: resume after a simulated kill, checkpoints, CLI errors."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
 
 from metagrad.checkpoints import checkpoint_steps
-from metagrad.data import ClassDataset, Splits
 from metagrad.fewshot.report import write_report
 from metagrad.fewshot.training import (
     CHECKPOINTS,
@@ -18,37 +15,10 @@ from metagrad.fewshot.training import (
     train,
 )
 
-
-def _splits():
-    rng = np.random.default_rng(0)
-
-    def ds(n_classes, offset):
-        images = rng.integers(0, 255, (n_classes, 6, 8, 8, 1), dtype=np.uint8)
-        return ClassDataset.from_grid(images, [f"c{offset + i}" for i in range(n_classes)])
-
-    return Splits(ds(8, 0), ds(5, 100), ds(5, 200))
-
-
-CONFIG = TrainConfig(
-    ways=3,
-    shots=1,
-    queries=2,
-    steps=2,
-    meta_batch=2,
-    iterations=6,
-    channels=4,
-    n_blocks=2,
-    val_every=3,
-    val_tasks=4,
-    checkpoint_every=2,
-)
-
-
-def _metrics(path):
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
-    for line in lines:
-        line.pop("time_s", None)
-    return lines
+# The tiny run (data, configuration) that the reliability tests use too.
+from reliability.common import CONFIG
+from reliability.common import metrics as _metrics
+from reliability.common import splits as _splits
 
 
 def test_resume_after_kill_gives_the_same_metrics(tmp_path):

@@ -138,12 +138,6 @@ def _check_layers(layers: Any) -> Layers:
             "kfac: layers must be the tuple of LayerInfo returned by "
             f"find_layers(loss_fn, params, batch); got {type(layers).__name__}."
         )
-    if not layers:
-        raise ValueError(
-            "kfac: layers is empty (find_layers found no dense or convolution layer), so K-FAC "
-            "would be plain SGD. Pass the layers of the model's loss, or use optax.sgd if SGD is "
-            "what you want."
-        )
     return tuple(layers)
 
 
@@ -224,6 +218,12 @@ def kfac(
         )
     if isinstance(damping, int | float) and not damping > 0:
         raise ValueError(f"kfac: damping must be positive (e.g. 1e-3); got {damping!r}.")
+    if not layers:  # checked after the options, so that their errors come first
+        raise ValueError(
+            "kfac: layers is empty (find_layers found no dense or convolution layer), so K-FAC "
+            "would be plain SGD. Pass the layers of the model's loss, or use optax.sgd if SGD is "
+            "what you want."
+        )
     names = tuple(layer.name for layer in layers)
     scales = []
     for layer in layers:

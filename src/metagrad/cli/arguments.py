@@ -170,6 +170,17 @@ def _check_creatable(folder: Path, text: str) -> None:
         ) from None
 
 
+def add_lm_size_arguments(
+    parser: argparse.ArgumentParser, *, batch_help: str = "LM batch size (default 4)"
+) -> None:
+    """Adds ``--batch``, ``--seq``, ``--layers`` and ``--width``: the sizes of the decoder-LM case
+    that ``bench meta-grad``, ``check`` and ``plan`` build (``metagrad.bench.meta_grad.LMSize``)."""
+    parser.add_argument("--batch", type=positive_int, help=batch_help)
+    parser.add_argument("--seq", type=positive_int, help="LM sequence length (default 512)")
+    parser.add_argument("--layers", type=positive_int, help="LM layers (default 4)")
+    parser.add_argument("--width", type=positive_int, help="LM width (default 128)")
+
+
 def add_outputs(
     parser: argparse.ArgumentParser,
     *,

@@ -9,6 +9,7 @@ from typing import Any
 from metagrad.autodiff import MODES
 from metagrad.bench.scale import MODELS, STRATEGIES
 from metagrad.cli.arguments import (
+    add_lm_size_arguments,
     add_outputs,
     non_negative_int,
     parse_list,
@@ -53,10 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs after a warm-up (default 3)"
     )
-    p.add_argument("--batch", type=positive_int, help="LM batch size (default 4)")
-    p.add_argument("--seq", type=positive_int, help="LM sequence length (default 512)")
-    p.add_argument("--layers", type=positive_int, help="LM layers (default 4)")
-    p.add_argument("--width", type=positive_int, help="LM width (default 128)")
+    add_lm_size_arguments(p)
     p.add_argument(
         "--steps",
         type=positive_int,

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from metagrad.cli.arguments import (
+    add_lm_size_arguments,
     add_outputs,
     fail,
     non_negative_number,
@@ -40,10 +41,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--case", default="lm", help=f"one of {', '.join(CASES)} (default lm)")
     p.add_argument("--modes", default="reverse,remat,mixflow", help="modes to compare")
-    p.add_argument("--batch", type=positive_int, help="lm: batch size (default 4)")
-    p.add_argument("--seq", type=positive_int, help="lm: sequence length (default 512)")
-    p.add_argument("--layers", type=positive_int, help="lm: layers (default 4)")
-    p.add_argument("--width", type=positive_int, help="lm: width (default 128)")
+    add_lm_size_arguments(p)
     p.add_argument("--steps", type=positive_int, help="lm: inner steps T (default 8)")
     p.add_argument(
         "--eps-root",

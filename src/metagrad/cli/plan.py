@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from metagrad.cli.arguments import add_outputs, positive_int
+from metagrad.cli.arguments import add_lm_size_arguments, add_outputs, positive_int
 
 COMMAND = "metagrad plan"
 
@@ -31,10 +31,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--case", default="lm", help="lm (decoder LM, Adam) or mlp (momentum SGD)")
     p.add_argument("--steps", type=positive_int, default=8, help="inner steps T (default 8)")
-    p.add_argument("--batch", type=positive_int, help="batch size (default: lm 4, mlp 256)")
-    p.add_argument("--seq", type=positive_int, help="LM sequence length (default 512)")
-    p.add_argument("--layers", type=positive_int, help="LM layers (default 4)")
-    p.add_argument("--width", type=positive_int, help="LM width (default 128)")
+    add_lm_size_arguments(p, batch_help="batch size (default: lm 4, mlp 256)")
     p.add_argument("--sizes", help="MLP layer widths, input first (default 256,1024,1024,1024,10)")
     p.add_argument(
         "--memory-budget",

@@ -47,6 +47,7 @@ ENGINE = (
     "reversible",
     "schedules",
     "transforms",
+    "treecheck",
     "unrolling",
 )
 UTILITIES = ("checkpoints", "files", "markdown", "progress", "runs", "stats", "validation")

@@ -309,7 +309,8 @@ def test_bad_steps_and_types():
 
 def test_non_float_meta_parameters():
     with pytest.raises(
-        TypeError, match="meta-parameters must be floating-point; meta\\['n'\\] has dtype int32"
+        TypeError,
+        match="meta must contain floating-point arrays only; meta\\['n'\\] has dtype int32",
     ):
         _simple_problem().value_and_grad(
             {"n": jnp.array(3)}, params=jnp.ones(2), inner_batch=0.0, outer_batch=0.0

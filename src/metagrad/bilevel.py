@@ -38,6 +38,7 @@ from metagrad.autodiff import validate_mode, value_and_grad
 from metagrad.implicit import ImplicitConfig, argmin_solution
 from metagrad.nonfinite import all_finite
 from metagrad.schedules import Schedule, segment_lengths
+from metagrad.treecheck import require_floating_leaves
 from metagrad.unrolling import unroll
 
 Params = Any
@@ -160,28 +161,30 @@ class Bilevel:
     implicit: ImplicitConfig | None = None
 
     def __post_init__(self) -> None:
+        # What each function-valued (or config) field must be, as the error message says it.
+        expected: dict[str, tuple[Callable[[Any], bool], str]] = {
+            "inner_loss": (callable, "a function (params, meta, batch) -> scalar"),
+            "outer_loss": (callable, "a function (params, meta, batch) -> scalar"),
+            "inner_optimizer": (
+                lambda v: isinstance(v, optax.GradientTransformation) or callable(v),
+                "an optax.GradientTransformation or a function meta -> GradientTransformation",
+            ),
+            "init_params": (
+                lambda v: v is None or callable(v),
+                "a function meta -> params (or None)",
+            ),
+            "implicit": (
+                lambda v: v is None or isinstance(v, ImplicitConfig),
+                "a metagrad.ImplicitConfig (or None)",
+            ),
+        }
+        for name, (ok, what) in expected.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise TypeError(f"Bilevel: {name} must be {what}; got {type(value).__name__}.")
         self._check_method()
-        for name in ("inner_loss", "outer_loss"):
-            if not callable(getattr(self, name)):
-                raise TypeError(
-                    f"Bilevel: {name} must be a function (params, meta, batch) -> scalar; got "
-                    f"{type(getattr(self, name)).__name__}."
-                )
-        if not (
-            isinstance(self.inner_optimizer, optax.GradientTransformation)
-            or callable(self.inner_optimizer)
-        ):
-            raise TypeError(
-                "Bilevel: inner_optimizer must be an optax.GradientTransformation or a function "
-                f"meta -> GradientTransformation; got {type(self.inner_optimizer).__name__}."
-            )
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise ValueError(f"Bilevel: steps must be a positive int; got {self.steps!r}.")
-        if self.init_params is not None and not callable(self.init_params):
-            raise TypeError(
-                "Bilevel: init_params must be a function meta -> params (or None); got "
-                f"{type(self.init_params).__name__}."
-            )
         if self.mode == "auto":
             if self.schedule is not None:
                 raise ValueError(
@@ -231,11 +234,6 @@ class Bilevel:
         if self.method not in METHODS:
             raise ValueError(
                 f"Bilevel: method must be one of {', '.join(METHODS)}; got {self.method!r}."
-            )
-        if self.implicit is not None and not isinstance(self.implicit, ImplicitConfig):
-            raise TypeError(
-                "Bilevel: implicit must be a metagrad.ImplicitConfig (or None); got "
-                f"{type(self.implicit).__name__}."
             )
         if self.method == "unroll":
             if self.implicit is not None:
@@ -294,17 +292,12 @@ class Bilevel:
           optimiser state and the losses are constants.
         """
         if self.method == "implicit":
-            return self._adapt_implicit(meta, params, inner_batches, inner_batch, opt_state)
+            self._require_inner_batch(inner_batches, inner_batch)
+            return self._adapt_implicit(meta, params, inner_batch, opt_state)
         return self._adapt_unrolled(meta, params, inner_batches, inner_batch, opt_state)
 
-    def _adapt_implicit(
-        self,
-        meta: Meta,
-        params: Params | None,
-        inner_batches: Batch | None,
-        inner_batch: Batch | None,
-        opt_state: Any,
-    ) -> InnerResult:
+    @staticmethod
+    def _require_inner_batch(inner_batches: Batch | None, inner_batch: Batch | None) -> None:
         if inner_batches is not None or inner_batch is None:
             raise ValueError(
                 "Bilevel: method='implicit' differentiates through the minimum of "
@@ -317,6 +310,10 @@ class Bilevel:
                 )
                 + " Pass the whole inner data set as inner_batch, or use method='unroll'."
             )
+
+    def _adapt_implicit(
+        self, meta: Meta, params: Params | None, inner_batch: Batch, opt_state: Any
+    ) -> InnerResult:
         # The inner loop itself is never differentiated: only its result enters the implicit node.
         constant = jax.lax.stop_gradient
         result = self._adapt_unrolled(
@@ -469,7 +466,10 @@ class Bilevel:
           ``(value, meta_grad)``, or ``(value, meta_grad, inner_result)`` with ``return_inner``.
           ``meta_grad`` has the structure of ``meta``.
         """
-        _check_float_meta(meta)
+        require_floating_leaves(
+            meta, name="meta", where="Bilevel",
+            hint="Cast it (e.g. jnp.asarray(x, jnp.float32)) or move it out of meta (into the batch).",
+        )  # fmt: skip
         (value, inner), meta_grad = jax.value_and_grad(
             lambda m: self._outer(m, **data),
             has_aux=True,
@@ -671,16 +671,3 @@ def _segments(masks: Sequence[Any], params: Params) -> list[tuple[list[bool], in
         else:
             segments.append((active, k, k + 1))
     return segments
-
-
-def _check_float_meta(meta: Meta) -> None:
-    leaves = jax.tree.leaves(meta)
-    if not leaves:
-        raise ValueError("Bilevel: meta is empty; pass the meta-parameters to differentiate.")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(meta):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                f"Bilevel: meta-parameters must be floating-point; meta{jax.tree_util.keystr(path)} "
-                f"has dtype {jnp.result_type(leaf)}. Cast it (e.g. jnp.asarray(x, jnp.float32)) or "
-                "move it out of meta (into the batch)."
-            )

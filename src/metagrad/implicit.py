@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import jax.scipy.sparse.linalg as sparse
 import numpy as np
 
+from metagrad.treecheck import require_floating_leaves
+
 Pytree = Any
 
 SOLVERS: tuple[str, ...] = ("cg", "neumann", "gmres", "bicgstab")
@@ -336,11 +338,9 @@ def argmin_solution(
     References:
       Rajeswaran et al., NeurIPS 2019; Blondel et al., NeurIPS 2022.
     """
-    config = (config or ImplicitConfig()).with_default_solver("cg")
-    _check_float_solution(solution, "argmin_solution")
-    _check_scalar_loss(inner_loss, solution, args, "argmin_solution")
-    converted, consts = jax.closure_convert(inner_loss, solution, *args)
-    return _implicit_node(converted, config, argmin_vjp)(solution, (*args, *consts))
+    return _solution(
+        "argmin_solution", inner_loss, solution, args, config, "cg", _check_scalar_loss, argmin_vjp
+    )
 
 
 def root_solution(
@@ -366,11 +366,10 @@ def root_solution(
     References:
       Blondel et al., NeurIPS 2022 (``custom_root``).
     """
-    config = (config or ImplicitConfig()).with_default_solver("gmres")
-    _check_float_solution(solution, "root_solution")
-    _check_optimality_output(optimality_fn, solution, args, "root_solution")
-    converted, consts = jax.closure_convert(optimality_fn, solution, *args)
-    return _implicit_node(converted, config, root_vjp)(solution, (*args, *consts))
+    return _solution(
+        "root_solution", optimality_fn, solution, args, config, "gmres", _check_optimality_output,
+        root_vjp,
+    )  # fmt: skip
 
 
 def fixed_point_solution(
@@ -397,15 +396,36 @@ def fixed_point_solution(
     References:
       Blondel et al., NeurIPS 2022 (``custom_fixed_point``).
     """
-    config = (config or ImplicitConfig()).with_default_solver("gmres")
-    _check_float_solution(solution, "fixed_point_solution")
-    _check_optimality_output(phi, solution, args, "fixed_point_solution")
-    converted, consts = jax.closure_convert(phi, solution, *args)
 
     def residual_fn(theta: Pytree, *a: Any) -> Pytree:
-        return jax.tree.map(jnp.subtract, theta, converted(theta, *a))
+        return jax.tree.map(jnp.subtract, theta, phi(theta, *a))
 
-    return _implicit_node(residual_fn, config, root_vjp)(solution, (*args, *consts))
+    def check_phi(fn: Callable[..., Any], theta: Pytree, a: Any, where: str) -> None:
+        del fn  # phi's own output is checked: a mismatch would fail inside residual_fn first
+        _check_optimality_output(phi, theta, a, where)
+
+    return _solution(
+        "fixed_point_solution", residual_fn, solution, args, config, "gmres", check_phi, root_vjp
+    )
+
+
+def _solution(
+    where: str,
+    fn: Callable[..., Any],
+    solution: Pytree,
+    args: tuple[Any, ...],
+    config: ImplicitConfig | None,
+    default_solver: str,
+    check_fn: Callable[[Callable[..., Any], Pytree, Any, str], None],
+    vjp_rule: Callable[..., tuple[tuple[Any, ...], SolveInfo]],
+) -> Pytree:
+    # The common body of the three public solutions: checks first (a clear error before any
+    # tracing), then closure conversion so that values ``fn`` closes over get cotangents too.
+    config = (config or ImplicitConfig()).with_default_solver(default_solver)
+    _check_float_solution(solution, where)
+    check_fn(fn, solution, args, where)
+    converted, consts = jax.closure_convert(fn, solution, *args)
+    return _implicit_node(converted, config, vjp_rule)(solution, (*args, *consts))
 
 
 def _implicit_node(
@@ -466,16 +486,10 @@ def _as_args(args: Any, where: str) -> tuple[Any, ...]:
 
 
 def _check_float_solution(solution: Pytree, where: str) -> None:
-    leaves = jax.tree.leaves(solution)
-    if not leaves:
-        raise ValueError(f"{where}: solution is empty; pass the inner problem's solution θ*.")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(solution):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                f"{where}: solution must contain floating-point arrays only; "
-                f"solution{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}. Keep "
-                "integer state out of the solution (pass it in args)."
-            )
+    require_floating_leaves(
+        solution, name="solution", where=where,
+        hint="Keep integer state out of the solution (pass it in args).",
+    )  # fmt: skip
 
 
 def _check_scalar_loss(loss: Callable[..., Any], solution: Pytree, args: Any, where: str) -> None:

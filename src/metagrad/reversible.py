@@ -45,6 +45,7 @@ import numpy as np
 
 from metagrad.autodiff import differentiation_mode
 from metagrad.autodiff import grad as mixed_grad
+from metagrad.treecheck import require_floating_leaves
 
 __all__ = [
     "ReversibleState",
@@ -534,17 +535,12 @@ def _prepare(
     max_buffer_limbs: int,
 ) -> tuple[_Config, Any, Any]:
     n, d = _validate_decay(decay)
+    require_floating_leaves(
+        params0, name="params0", where="reversible",
+        hint="They are quantised to fixed point and the loss is differentiated at them: cast it "
+        "to a float dtype, or pass integer data in xs or meta.",
+    )  # fmt: skip
     leaves = jax.tree.leaves(params0)
-    if not leaves:
-        raise ValueError("params0 must contain at least one array; got an empty pytree.")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                "params0 must contain only floating-point arrays (they are quantised to fixed point "
-                f"and the loss is differentiated at them); found one of dtype "
-                f"{jnp.result_type(leaf)}. Cast it to a float dtype, or pass integer data in xs or "
-                "meta."
-            )
     int_dtype = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
     width = jnp.iinfo(int_dtype).bits
     if fractional_bits is None:

@@ -88,6 +88,16 @@ def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str = "COMM
     return group
 
 
+def add_command(
+    group: Any, name: str, *, run: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Adds the sub-command ``name`` (``help=``, ``description=`` ...) to ``group``; ``main``
+    calls ``run(args)`` when it is chosen."""
+    parser = group.add_parser(name, **kwargs)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def positive_int(text: str) -> int:
     """``type=`` for counts that must be at least 1."""
     return _number(text, int, lambda v: v >= 1, "a positive integer")

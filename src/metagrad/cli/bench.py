@@ -9,6 +9,7 @@ from typing import Any
 from metagrad.autodiff import MODES
 from metagrad.bench.scale import MODELS, STRATEGIES
 from metagrad.cli.arguments import (
+    add_command,
     add_lm_size_arguments,
     add_outputs,
     non_negative_int,
@@ -38,8 +39,10 @@ def register(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="run benchmarks (tables, JSON, PNG plots)")
     kinds = subcommands(bench, "benchmark", "BENCHMARK")
 
-    p = kinds.add_parser(
+    p = add_command(
+        kinds,
         "meta-grad",
+        run=run_meta_grad,
         help="memory, time and exactness of the meta-gradient in each differentiation mode",
         description="For each case and mode: XLA compiled memory (temp and total), median "
         "wall-clock of the compiled meta-gradient after a warm-up, the max relative error "
@@ -85,10 +88,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
     add_outputs(p, out_help="directory for artefacts (PNG plots, JSON copy)")
-    p.set_defaults(func=run_meta_grad)
 
-    m = kinds.add_parser(
+    m = add_command(
+        kinds,
         "maml",
+        run=run_maml,
         help="time of one second-order MAML meta-iteration (conv4, the fewshot train step)",
         description="Compiled meta-step of `metagrad fewshot train` on random episodes: median "
         "wall-clock after a warm-up, XLA temp memory and FLOPs, per mode (and pattern).",
@@ -113,10 +117,11 @@ def register(subparsers: Any) -> None:
         "--reference-s", type=positive_number, default=1.4, help="PyTorch s/it to compare with"
     )
     add_outputs(m, out_help="directory for artefacts (JSON copy)")
-    m.set_defaults(func=run_maml)
 
-    s = kinds.add_parser(
+    s = add_command(
+        kinds,
         "scale",
+        run=run_scale,
         help="step time and per-device memory of the sharded meta-training step on 1..N devices",
         description="MAML meta-training step (metagrad.distributed) with the meta-batch sharded "
         "over devices ('data') or the meta-parameters sharded FSDP-style ('params'): XLA's "
@@ -143,10 +148,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     add_outputs(s, out_help="directory for artefacts (JSON copy)")
-    s.set_defaults(func=run_scale)
 
-    u = kinds.add_parser(
+    u = add_command(
+        kinds,
         "unroll",
+        run=run_unroll,
         help="long inner loops: memory and time vs T for every strategy, largest T in a budget, "
         "and a check of mode='auto'",
         description="For each case, T and strategy (reverse, remat, mixflow, mixflow+sqrt, "
@@ -186,7 +192,6 @@ def register(subparsers: Any) -> None:
     )
     u.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test in seconds)")
     add_outputs(u, out_help="directory for the PNG plot (long_unroll.png)")
-    u.set_defaults(func=run_unroll)
 
     _register_implicit(kinds)
 
@@ -199,8 +204,10 @@ QUICK = {
 
 
 def _register_implicit(kinds: Any) -> None:
-    i = kinds.add_parser(
+    i = add_command(
+        kinds,
         "implicit",
+        run=run_implicit,
         help="implicit vs unrolled meta-gradients: memory and time against T, and agreement",
         description="Learned per-pixel L2 strengths of a softmax classifier on the glyph images, "
         "trained by T steps of gradient descent: XLA compiled memory and median wall-clock of "
@@ -216,7 +223,6 @@ def _register_implicit(kinds: Any) -> None:
     i.add_argument("--repeats", type=positive_int, default=3, help="timed runs after a warm-up")
     i.add_argument("--quick", action="store_true", help="T = 2,4 only (a smoke test)")
     add_outputs(i, out_help="directory for the PNG plot and a JSON copy")
-    i.set_defaults(func=run_implicit)
 
 
 def run_implicit(args: argparse.Namespace) -> int:
@@ -233,17 +239,14 @@ def run_implicit(args: argparse.Namespace) -> int:
 
     from metagrad.bench import implicit
     from metagrad.bench.report import console
-    from metagrad.cli.output import write_results
 
     result = implicit.run(steps, implicit.STRATEGIES, agreement, repeats=args.repeats)
     implicit.print_report(result)
-    payload = {**_environment("implicit"), "quick": args.quick, **result}
+    plot = {}
     if args.out:
-        path = implicit.plot(result, args.out / "implicit.png")
-        payload["plot"] = str(path)
-        console.print(f"wrote {path}")
-    write_results(args, "implicit.json", payload)
-    return 0
+        plot["plot"] = str(implicit.plot(result, args.out / "implicit.png"))
+        console.print(f"wrote {plot['plot']}")
+    return _write_benchmark(args, "implicit", "implicit.json", quick=args.quick, **result, **plot)
 
 
 def _parse_sweep(text: str) -> tuple[str, list[int]]:
@@ -274,7 +277,6 @@ def run_meta_grad(args: argparse.Namespace) -> int:
     from metagrad.bench import meta_grad
     from metagrad.bench.plots import plot_memory_sweep
     from metagrad.bench.report import console, print_table
-    from metagrad.cli.output import write_results
 
     cases = parse_list(args.cases, meta_grad.CASES, "--cases", COMMAND_META_GRAD)
     modes = parse_list(args.modes, MODES, "--modes", COMMAND_META_GRAD)
@@ -380,17 +382,11 @@ def run_meta_grad(args: argparse.Namespace) -> int:
             )
         sweep_results.append(entry)
 
-    payload = {
-        **_environment("meta-grad"),
-        "matmul_precision": args.precision,
-        "reference_mode": args.reference_mode,
-        "repeats": args.repeats,
-        "quick": args.quick,
-        "results": rows,
-        "sweeps": sweep_results,
-    }
-    write_results(args, "meta_grad.json", payload)
-    return 0
+    return _write_benchmark(
+        args, "meta-grad", "meta_grad.json", matmul_precision=args.precision,
+        reference_mode=args.reference_mode, repeats=args.repeats, quick=args.quick, results=rows,
+        sweeps=sweep_results,
+    )  # fmt: skip
 
 
 def run_maml(args: argparse.Namespace) -> int:
@@ -399,7 +395,6 @@ def run_maml(args: argparse.Namespace) -> int:
 
     from metagrad.bench import maml
     from metagrad.bench.report import console, print_table
-    from metagrad.cli.output import write_results
     from metagrad.fewshot.patterns import Pattern
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -482,29 +477,17 @@ def run_maml(args: argparse.Namespace) -> int:
         "machine's core count when other processes share it (see 'load avg')."
     )
 
-    payload = {
-        **_environment("maml"),
-        "reference_s": args.reference_s,
-        "config": {
-            "ways": args.ways,
-            "shots": args.shots,
-            "queries": args.queries,
-            "steps": args.steps,
-            "meta_batch": args.meta_batch,
-            "channels": args.channels,
-            "repeats": args.repeats,
-        },
-        "results": rows,
-    }
-    write_results(args, "maml.json", payload)
-    return 0
+    sizes = ("ways", "shots", "queries", "steps", "meta_batch", "channels", "repeats")
+    return _write_benchmark(
+        args, "maml", "maml.json", reference_s=args.reference_s,
+        config={k: getattr(args, k) for k in sizes}, results=rows,
+    )  # fmt: skip
 
 
 def run_scale(args: argparse.Namespace) -> int:
     """Runs the scaling benchmark from parsed command-line arguments."""
     from metagrad.bench import scale
     from metagrad.bench.report import console, print_table
-    from metagrad.cli.output import write_results
 
     try:
         devices = [int(d) for d in args.devices.split(",") if d.strip()]
@@ -589,15 +572,10 @@ def run_scale(args: argparse.Namespace) -> int:
             "simulated devices share this machine's CPU cores: step time does not fall with "
             "more devices here; per-device memory is what the sharding changes."
         )
-    payload = {
-        **_environment("scale"),
-        "model": args.model,
-        "quick": args.quick,
-        **{k: v for k, v in result.items() if k != "rows"},
-        "results": rows,
-    }
-    write_results(args, "scale.json", payload)
-    return 0
+    summary = {k: v for k, v in result.items() if k != "rows"}
+    return _write_benchmark(
+        args, "scale", "scale.json", model=args.model, quick=args.quick, **summary, results=rows
+    )
 
 
 def run_unroll(args: argparse.Namespace) -> int:
@@ -622,7 +600,6 @@ def run_unroll(args: argparse.Namespace) -> int:
 
     from metagrad.bench import unroll
     from metagrad.bench.report import console
-    from metagrad.cli.output import write_results
 
     sizes = unroll.QUICK_SIZES if args.quick else unroll.SIZES
     result = unroll.run(
@@ -636,22 +613,16 @@ def run_unroll(args: argparse.Namespace) -> int:
         largest_limit=args.largest_limit,
     )
     unroll.print_report(result)
-    payload = {
-        **_environment("unroll"),
-        "quick": args.quick,
-        **result,
-    }
+    plot = {}
     if args.out:
-        path = unroll.plot(
-            result["measured"],
-            args.out / "long_unroll.png",
-            f"meta-gradient through T inner steps, every strategy ({jax.default_backend()})",
-        )
-        payload["plot"] = str(path)
-        console.print(f"wrote {path}")
-    payload["results"] = [m.as_json() for m in payload.pop("measured")]
-    write_results(args, None, payload)
-    return 0
+        title = f"meta-gradient through T inner steps, every strategy ({jax.default_backend()})"
+        plot["plot"] = str(unroll.plot(result["measured"], args.out / "long_unroll.png", title))
+        console.print(f"wrote {plot['plot']}")
+    measured = result.pop("measured")
+    return _write_benchmark(
+        args, "unroll", None, quick=args.quick, **result, **plot,
+        results=[m.as_json() for m in measured],
+    )  # fmt: skip
 
 
 PRECISIONS = ("default", "high", "highest")
@@ -666,6 +637,20 @@ def _matmul_precision(precision: str) -> Any:
     if precision == "default":
         return contextlib.nullcontext()
     return jax.default_matmul_precision(precision)
+
+
+def _write_benchmark(
+    args: argparse.Namespace, benchmark: str, filename: str | None, **fields: Any
+) -> int:
+    """Writes a benchmark's JSON (``OUT/filename`` and ``--json``): where it ran, then ``fields``.
+
+    Returns the command's exit status (0), so that a ``run_*`` ends with ``return
+    _write_benchmark(...)``.
+    """
+    from metagrad.cli.output import write_results
+
+    write_results(args, filename, {**_environment(benchmark), **fields})
+    return 0
 
 
 def _environment(benchmark: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from metagrad.cli.arguments import (
+    add_command,
     add_lm_size_arguments,
     add_outputs,
     fail,
@@ -28,8 +29,10 @@ CASES = ("lm", "mlp", "maml", "reweight", "lr")
 
 def register(subparsers: Any) -> None:
     """Adds ``check`` to the ``metagrad`` parser."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "check",
+        run=run_check,
         help="check a meta-gradient against float64 and for conditioning (verdict + causes)",
         description="Checks the meta-gradient of a built-in case: the float32 value of every "
         "mode against a float64 reverse-mode reference, its sensitivity to a tiny perturbation "
@@ -57,7 +60,6 @@ def register(subparsers: Any) -> None:
         help="mode of the float64 reference: reverse, or remat to save memory (default reverse)",
     )
     add_outputs(p, json_help="write the report to this JSON file")
-    p.set_defaults(func=run_check)
 
 
 def _target(args: argparse.Namespace) -> tuple[Any, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from metagrad.cli.arguments import (
+    add_command,
     add_outputs,
     add_run_arguments,
     fail,
@@ -50,7 +51,7 @@ def register(subparsers: Any) -> None:
     """Adds ``fewshot`` and its sub-commands to the ``metagrad`` parser."""
     fewshot = subparsers.add_parser("fewshot", help="few-shot meta-learning (MAML family)")
     sub = subcommands(fewshot, "fewshot_command")
-    t = sub.add_parser("train", help="meta-train (resumes from OUT/checkpoints)")
+    t = add_command(sub, "train", run=run_train, help="meta-train (resumes from OUT/checkpoints)")
     _add_common(t)
     t.add_argument("--test-steps", type=positive_int, help="inner steps at validation/test time")
     t.add_argument("--val-every", type=non_negative_int, default=200)
@@ -61,8 +62,9 @@ def register(subparsers: Any) -> None:
 
     # --devices / --mesh split the meta-batch across devices; without them: one device.
     add_distributed_arguments(t)
-    t.set_defaults(func=run_train)
-    e = sub.add_parser("eval", help="test accuracy ± 95%% CI of a trained run (OUT)")
+    e = add_command(
+        sub, "eval", run=run_eval, help="test accuracy ± 95%% CI of a trained run (OUT)"
+    )
     e.add_argument("--out", type=run_folder, required=True, help="run folder with checkpoints/")
     e.add_argument("--tasks", type=positive_int, default=600)
     e.add_argument("--split", default="test", help="test or val")
@@ -72,8 +74,9 @@ def register(subparsers: Any) -> None:
         "--queries", type=positive_int, help="query examples per class (default: the run's queries)"
     )
     add_outputs(e)
-    e.set_defaults(func=run_eval)
-    s = sub.add_parser("select", help="select the fastest pattern within --threshold of full")
+    s = add_command(
+        sub, "select", run=run_select, help="select the fastest pattern within --threshold of full"
+    )
     s.add_argument("--out", type=run_folder, required=True, help="run folder with checkpoints/")
     s.add_argument(
         "--threshold", type=non_negative_number, default=1.0, help="ε in accuracy points"
@@ -87,7 +90,6 @@ def register(subparsers: Any) -> None:
         "--queries", type=positive_int, help="query examples per class (default: the run's queries)"
     )
     add_outputs(s)
-    s.set_defaults(func=run_select)
 
 
 def _fail(command: str, message: str) -> SystemExit:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from metagrad.cli.arguments import (
+    add_command,
     add_outputs,
     add_run_arguments,
     fail,
@@ -87,7 +90,9 @@ def register(subparsers: Any) -> None:
     """Adds ``meta`` and its sub-commands to the ``metagrad`` parser."""
     meta = subparsers.add_parser("meta", help="meta-learning applications on a byte-level LM")
     sub = subcommands(meta, "meta_command")
-    r = sub.add_parser("reweight", help="learned data weighting with corrupted sequences")
+    r = add_command(
+        sub, "reweight", run=run_reweight, help="learned data weighting with corrupted sequences"
+    )
     _add_common(r, "runs/meta-reweight")
     r.add_argument("--corruption", help="shuffle (default), random or domain")
     r.add_argument("--fraction", type=fraction, help="fraction of corrupted sequences (0.3)")
@@ -97,15 +102,15 @@ def register(subparsers: Any) -> None:
     r.add_argument("--train-sequences", type=positive_int, help="size of the training pool")
     r.add_argument("--lr", type=positive_number, help="inner Adam learning rate")
     r.add_argument("--meta-lr", type=positive_number, help="Adam learning rate of the weights")
-    r.set_defaults(func=run_reweight)
-    lr = sub.add_parser("lr", help="learned per-layer learning rates vs a grid of fixed ones")
+    lr = add_command(
+        sub, "lr", run=run_lr, help="learned per-layer learning rates vs a grid of fixed ones"
+    )
     _add_common(lr, "runs/meta-lr")
     lr.add_argument("--grid", help="comma-separated fixed learning rates (5 by default)")
     lr.add_argument(
         "--init-lr", type=positive_number, help="initial learned rate (default: grid middle)"
     )
     lr.add_argument("--meta-lr", type=positive_number, help="Adam learning rate of the log-rates")
-    lr.set_defaults(func=run_lr)
 
 
 def _fail(command: str, message: str) -> SystemExit:
@@ -201,33 +206,90 @@ def _memory(build: Any, config: Any, args: argparse.Namespace, budget: int) -> l
     return rows
 
 
+def _experiment(
+    command: str,
+    args: argparse.Namespace,
+    module: Any,
+    config_type: type,
+    quick: dict[str, Any],
+    run: Callable[..., dict[str, Any]],
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """Configures, trains (resuming) and measures memory: ``(config, summary, memory report)``."""
+    config = _config(command, config_type, args, quick)
+    budget = _budget(command, args)
+    summary = _train(command, args, module, config, run)
+    memory = _memory(module.meta_gradient_builder(config), config, args, budget)
+    return config, summary, memory
+
+
+def _validation_plot(
+    args: argparse.Namespace,
+    config: Any,
+    metrics: list[dict[str, Any]],
+    title: str,
+    styles: dict[str, dict[str, Any]],
+) -> Path:
+    """``OUT/validation.png``: the validation loss of every arm against inner steps."""
+    from metagrad.meta import plots
+
+    return plots.plot_validation_curves(
+        metrics, args.out / "validation.png", steps_per_window=config.steps, title=title,
+        styles=styles,
+    )  # fmt: skip
+
+
+def _report(
+    args: argparse.Namespace,
+    name: str,
+    summary: dict[str, Any],
+    memory: list[dict[str, Any]],
+    plots: dict[str, Path],
+    markdown: Callable[..., str],
+    title: str,
+) -> None:
+    """The end of a ``meta`` experiment: ``OUT/report.md``, ``OUT/<name>.json`` (and ``--json``)
+    and the table of the final validation and test losses of every arm."""
+    from metagrad.bench.report import print_table
+    from metagrad.cli.output import write_results
+    from metagrad.files import write_text
+
+    summary["memory"] = memory
+    summary["plots"] = {k: str(v) for k, v in plots.items()}
+    names = {k: v.name for k, v in plots.items()}
+    write_text(args.out / "report.md", markdown(summary, memory, names))
+    write_results(args, f"{name}.json", summary, quiet=True)
+    final = summary["final"]
+    print_table(
+        title,
+        ["arm", "val loss", "test loss", "s / meta-step"],
+        [[a, v["val_loss"], v["test_loss"], summary["step_time_s"][a]] for a, v in final.items()],
+    )
+
+
 def run_reweight(args: argparse.Namespace) -> int:
     """``metagrad meta reweight``."""
     import numpy as np
 
-    from metagrad.bench.report import console, print_table
-    from metagrad.cli.output import write_results
+    from metagrad.bench.report import console
     from metagrad.data.cache import save_npz_atomic
-    from metagrad.files import write_text
     from metagrad.meta import plots, reweight
     from metagrad.meta.report import reweight_markdown
     from metagrad.runs import read_metrics
 
-    config = _config("reweight", reweight.ReweightConfig, args, QUICK_REWEIGHT)
-    budget = _budget("reweight", args)
-    summary = _train("reweight", args, reweight, config, reweight.run_reweight)
-    memory = _memory(reweight.meta_gradient_builder(config), config, args, budget)
+    config, summary, memory = _experiment(
+        "reweight", args, reweight, reweight.ReweightConfig, QUICK_REWEIGHT, reweight.run_reweight
+    )
     weights, corrupted = summary.pop("weights"), summary.pop("corrupted")
     save_npz_atomic(args.out / "weights.npz", weights=weights, corrupted=corrupted)
     metrics = read_metrics(args.out / "metrics.jsonl")
     what = f"{config.corruption} p={config.fraction}, {config.weights} weights, T={config.steps}"
     paths = {
-        "validation loss": plots.plot_validation_curves(
+        "validation loss": _validation_plot(
+            args,
+            config,
             metrics,
-            args.out / "validation.png",
-            steps_per_window=config.steps,
-            title=f"validation loss: uniform, oracle, learned\n({what})",
-            styles={"oracle": {"ls": "--"}, "learned": {"lw": 2}},
+            f"validation loss: uniform, oracle, learned\n({what})",
+            {"oracle": {"ls": "--"}, "learned": {"lw": 2}},
         ),  # fmt: skip
         "learned weights": plots.plot_weight_histogram(
             weights,
@@ -236,22 +298,15 @@ def run_reweight(args: argparse.Namespace) -> int:
             title=f"learned weights, clean vs corrupted: ROC AUC {summary['auc']:.4f}\n({what})",
         ),  # fmt: skip
     }
-    summary["memory"] = memory
     summary["histogram"] = {
         "bins": np.linspace(0, 1, 21).tolist(),
         "clean": np.histogram(weights[~corrupted], np.linspace(0, 1, 21))[0].tolist(),
         "corrupted": np.histogram(weights[corrupted], np.linspace(0, 1, 21))[0].tolist(),
     }
-    summary["plots"] = {k: str(v) for k, v in paths.items()}
-    write_text(args.out / "report.md", reweight_markdown(
-        summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
-    write_results(args, "reweight.json", summary, quiet=True)
-    f = summary["final"]
-    print_table(
+    _report(
+        args, "reweight", summary, memory, paths, reweight_markdown,
         f"meta reweight ({what}; {summary['inner_steps']} inner steps per arm)",
-        ["arm", "val loss", "test loss", "s / meta-step"],
-        [[a, f[a]["val_loss"], f[a]["test_loss"], summary["step_time_s"][a]] for a in f],
-    )
+    )  # fmt: skip
     console.print(
         f"ROC AUC {summary['auc']:.4f}; learned is "
         f"{'closer to the oracle' if summary['closer_to_oracle'] else 'NOT closer to the oracle'}"
@@ -263,26 +318,23 @@ def run_reweight(args: argparse.Namespace) -> int:
 
 def run_lr(args: argparse.Namespace) -> int:
     """``metagrad meta lr``."""
-    from metagrad.bench.report import console, print_table
-    from metagrad.cli.output import write_results
-    from metagrad.files import write_text
+    from metagrad.bench.report import console
     from metagrad.meta import learning_rates, plots
     from metagrad.meta.report import lr_markdown
     from metagrad.runs import read_metrics
 
-    config = _config("lr", learning_rates.LRConfig, args, QUICK)
-    budget = _budget("lr", args)
-    summary = _train("lr", args, learning_rates, config, learning_rates.run_learning_rates)
-    memory = _memory(learning_rates.meta_gradient_builder(config), config, args, budget)
+    config, summary, memory = _experiment(
+        "lr", args, learning_rates, learning_rates.LRConfig, QUICK,
+        learning_rates.run_learning_rates,
+    )  # fmt: skip
     metrics = read_metrics(args.out / "metrics.jsonl")
-    styles = {"learned": {"lw": 2.5, "color": "k"}}
     paths = {
-        "validation loss": plots.plot_validation_curves(
+        "validation loss": _validation_plot(
+            args,
+            config,
             metrics,
-            args.out / "validation.png",
-            steps_per_window=config.steps,
-            title=f"validation loss: learned per-layer rates vs fixed rates (T={config.steps})",
-            styles=styles,
+            f"validation loss: learned per-layer rates vs fixed rates (T={config.steps})",
+            {"learned": {"lw": 2.5, "color": "k"}},
         ),  # fmt: skip
         "learned learning rates": plots.plot_learned_rates(
             metrics,
@@ -292,18 +344,11 @@ def run_lr(args: argparse.Namespace) -> int:
             title="learned per-layer learning rates over training",
         ),  # fmt: skip
     }
-    summary["memory"] = memory
-    summary["plots"] = {k: str(v) for k, v in paths.items()}
-    write_text(args.out / "report.md", lr_markdown(
-        summary, memory, {k: v.name for k, v in paths.items()}))  # fmt: skip
-    write_results(args, "lr.json", summary, quiet=True)
-    f = summary["final"]
-    print_table(
+    _report(
+        args, "lr", summary, memory, paths, lr_markdown,
         f"meta lr (T={config.steps}, {summary['inner_steps']} inner steps per arm)",
-        ["arm", "val loss", "test loss", "s / step"],
-        [[a, v["val_loss"], v["test_loss"], summary["step_time_s"][a]] for a, v in f.items()],
-    )
-    best = summary["best_grid"]
+    )  # fmt: skip
+    f, best = summary["final"], summary["best_grid"]
     console.print(
         f"learned {f['learned']['val_loss']:.4f} vs best fixed {best['arm']} "
         f"{best['val_loss']:.4f}: {'at least as low' if summary['learned_beats_best'] else 'higher'}"

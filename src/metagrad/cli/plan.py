@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from metagrad.cli.arguments import add_lm_size_arguments, add_outputs, positive_int
+from metagrad.cli.arguments import add_command, add_lm_size_arguments, add_outputs, positive_int
 
 COMMAND = "metagrad plan"
 
 
 def register(subparsers: Any) -> None:
     """Adds ``plan`` to the ``metagrad`` parser."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "plan",
+        run=run_plan,
         help="compile every strategy of a built-in case and print its memory, FLOPs and "
         "estimated time (nothing is run)",
         description="Compiles the meta-gradient of a built-in case (the LM or MLP case of "
@@ -47,7 +49,6 @@ def register(subparsers: Any) -> None:
         "choose the fastest measured (as mode='auto' with autotune=True)",
     )
     add_outputs(p, json_help="write the table to this JSON file")
-    p.set_defaults(func=run_plan)
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, Any]:

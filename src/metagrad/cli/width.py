@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from metagrad.cli.arguments import (
+    add_command,
     add_outputs,
     non_negative_int,
     non_negative_number,
@@ -48,8 +49,10 @@ def register(subparsers: Any) -> None:
     )
     kinds = subcommands(width, "width_command")
 
-    p = kinds.add_parser(
+    p = add_command(
+        kinds,
         "coord-check",
+        run=run_coord_check,
         help="train each width a few steps; plot each layer's feature update Δh against width",
         description="For every optimiser x parameterisation (x damping rule for K-FAC): train "
         "each width a few steps, measure mean |Δh| of every layer on a probe batch, fit the "
@@ -72,10 +75,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tolerance", type=positive_number, default=0.1, help="|slope| bound for μP (0.1)"
     )
-    p.set_defaults(func=run_coord_check)
 
-    p = kinds.add_parser(
+    p = add_command(
+        kinds,
         "sweep",
+        run=run_sweep,
         help="loss against learning rate (or K-FAC damping) for every width",
         description="Train every width x value x seed for a fixed number of steps; report the "
         "loss curves, the best value per width and how far it moves across widths.",
@@ -99,7 +103,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seeds", type=positive_int, default=2, help="seeds per point (default 2)")
     p.add_argument("--refresh", type=positive_int, default=10, help="refresh interval (default 10)")
-    p.set_defaults(func=run_sweep)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -33,16 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metagrad.meta.lm_task import (
-    LMRunConfig,
-    count_params,
-    eval_indices,
-    load_corpus,
-    mean_loss,
-    outer_indices,
-    outer_tokens,
-    window_indices,
-)
+from metagrad.meta import lm_task
 from metagrad.meta.online import online_meta_step, training_window, window_value_and_grad
 from metagrad.meta.runner import Arm, Experiment, meta_window_arm, run_experiment, window_arm
 from metagrad.runs import METRICS, read_metrics
@@ -52,7 +43,7 @@ DEFAULT_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
 
 
 @dataclasses.dataclass(frozen=True)
-class LRConfig(LMRunConfig):
+class LRConfig(lm_task.LMRunConfig):
     """Everything that defines a learned-learning-rate run: :class:`LMRunConfig`'s fields and
 
     Attributes:
@@ -149,13 +140,13 @@ class LRData:
 
 def prepare_data(config: LRConfig, *, progress: bool = True) -> LRData:
     """Loads the corpus (the whole training split is the pool)."""
-    corpus = load_corpus(config.text, config.seq, progress=progress)
+    corpus = lm_task.load_corpus(config.text, config.seq, progress=progress)
     val, test = corpus.val.tokens, corpus.test.tokens
     return LRData(
         train=corpus.train.tokens,
         val=val,
-        val_eval=val[eval_indices(config.seed, config.eval_sequences, len(val))],
-        test_eval=test[eval_indices(config.seed + 1, config.eval_sequences, len(test))],
+        val_eval=val[lm_task.eval_indices(config.seed, config.eval_sequences, len(val))],
+        test_eval=test[lm_task.eval_indices(config.seed + 1, config.eval_sequences, len(test))],
         source=corpus.source,
     )
 
@@ -178,11 +169,13 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
     meta_step = online_meta_step(loss, loss, optimizer_of, meta_opt, mode=config.mode)
 
     def batches(step: int) -> jax.Array:
-        index = window_indices(config.seed, step, config.steps, config.batch, len(data.train))
+        index = lm_task.window_indices(
+            config.seed, step, config.steps, config.batch, len(data.train)
+        )
         return train_tokens[jnp.asarray(index, jnp.int32)]
 
     def evaluate(state: dict[str, Any]) -> dict[str, float]:
-        return {"loss": mean_loss(model, state["params"], data.val_eval)}
+        return {"loss": lm_task.mean_loss(model, state["params"], data.val_eval)}
 
     def grid_arm(lr: float) -> Arm:
         opt = optax.adam(lr, eps_root=EPS_ROOT)
@@ -207,7 +200,7 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
     arms = {grid_name(lr): grid_arm(lr) for lr in config.grid}
     arms["learned"] = meta_window_arm(
         meta_step, init=learned_init, batches=batches, evaluate=evaluate, metrics=rates,
-        outer_batch=lambda step: outer_tokens(config, val_tokens, step),
+        outer_batch=lambda step: lm_task.outer_tokens(config, val_tokens, step),
     )  # fmt: skip
     return arms
 
@@ -227,8 +220,8 @@ def summarise(
     metrics = read_metrics(out / METRICS)
     final = {
         arm: {
-            "val_loss": mean_loss(model, s["params"], data.val_eval),
-            "test_loss": mean_loss(model, s["params"], data.test_eval),
+            "val_loss": lm_task.mean_loss(model, s["params"], data.val_eval),
+            "test_loss": lm_task.mean_loss(model, s["params"], data.test_eval),
         }
         for arm, s in states.items()
     }
@@ -244,7 +237,7 @@ def summarise(
     return {
         "config": dataclasses.asdict(config),
         "source": data.source,
-        "n_params": count_params(states["learned"]["params"]),
+        "n_params": lm_task.count_params(states["learned"]["params"]),
         "inner_steps": config.meta_steps * config.steps,
         "final": final,
         "best_grid": {"arm": best, "lr": grid[best], **final[best]},
@@ -267,8 +260,8 @@ def first_window_inputs(config: LRConfig, data: LRData) -> tuple[Any, ...]:
     params = config.spec.model().init(jax.random.PRNGKey(config.seed))
     names, groups = layer_groups(params)
     meta = {"log_lr": jnp.full((len(names),), math.log(config.initial_lr), jnp.float32)}
-    index = window_indices(config.seed, 1, config.steps, config.batch, len(data.train))
-    outer = outer_indices(config.seed, 1, config.outer_batch, len(data.val))
+    index = lm_task.window_indices(config.seed, 1, config.steps, config.batch, len(data.train))
+    outer = lm_task.outer_indices(config.seed, 1, config.outer_batch, len(data.val))
     return (
         meta,
         params,

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from metagrad.validation import require_one_of
+
 Array = jax.Array
 
 INVERSE_METHODS = ("auto", "cholesky", "eigh", "newton")
@@ -59,14 +61,7 @@ def resolve_root_method(method: str, size: int, backend: str | None = None) -> s
     >>> resolve_root_method("auto", 16, backend="tpu")
     'eigh'
     """
-    if method not in ROOT_METHODS:
-        raise ValueError(f"root method must be one of {ROOT_METHODS}; got {method!r}.")
-    if method != "auto":
-        return method
-    backend = jax.default_backend() if backend is None else backend
-    if backend in _MATMUL_BACKENDS and size >= AUTO_NEWTON_MIN_SIZE:
-        return "newton"
-    return "eigh"
+    return _resolve("root method", method, ROOT_METHODS, "eigh", size, backend)
 
 
 def resolve_inverse_method(method: str, size: int, backend: str | None = None) -> str:
@@ -80,13 +75,21 @@ def resolve_inverse_method(method: str, size: int, backend: str | None = None) -
     >>> resolve_inverse_method("auto", 1024, backend="tpu")
     'newton'
     """
-    if method not in INVERSE_METHODS:
-        raise ValueError(f"inverse method must be one of {INVERSE_METHODS}; got {method!r}.")
+    return _resolve("inverse method", method, INVERSE_METHODS, "cholesky", size, backend)
+
+
+def _resolve(
+    what: str, method: str, choices: tuple[str, ...], exact: str, size: int, backend: str | None
+) -> str:
+    # One "auto" rule for roots and inverses: the matmul-only iteration where eigendecompositions
+    # and factorisations are slow (accelerators) and the matrix is big enough to matter.
+    require_one_of(what, method, choices)
     if method != "auto":
         return method
-    if resolve_root_method("auto", size, backend) == "newton":
+    backend = jax.default_backend() if backend is None else backend
+    if backend in _MATMUL_BACKENDS and size >= AUTO_NEWTON_MIN_SIZE:
         return "newton"
-    return "cholesky"
+    return exact
 
 
 def _symmetrize(mat: Array) -> Array:

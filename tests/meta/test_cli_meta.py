@@ -70,3 +70,16 @@ def test_errors_name_the_flag(argv, flag, cli_error):
 def test_empty_text_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="--text.*no text files"):
         main(["meta", "reweight", "--quick", "--text", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_mode_auto_takes_the_memory_budget_in_bytes():
+    from metagrad.cli.meta import QUICK, _config
+    from metagrad.meta.learning_rates import LRConfig
+
+    args = build_parser().parse_args(
+        ["meta", "lr", "--quick", "--mode", "auto", "--memory-budget", "512MiB"]
+    )
+    assert _config("lr", LRConfig, args, QUICK).memory_budget == 512 * 2**20
+    # Without --mode auto the budget is the memory report's only: not part of the run's config.
+    args = build_parser().parse_args(["meta", "lr", "--quick", "--memory-budget", "512MiB"])
+    assert _config("lr", LRConfig, args, QUICK).memory_budget is None

@@ -57,3 +57,38 @@ def test_lr_config_errors():
     with pytest.raises(ValueError, match="mode"):
         LRConfig(mode="forward")
     assert LRConfig(grid=(1e-3, 1e-1)).initial_lr == pytest.approx(1e-2)
+
+
+def test_auto_mode_with_a_memory_budget_gives_the_mixflow_meta_gradient(x64):
+    # "auto" chooses a mode and a checkpoint schedule that fit the budget: the numbers must not
+    # change (float64, so agreement is to rounding of different but exact programs).
+    model = DecoderLM(vocab_size=256, width=8, depth=1, heads=2, max_len=8)
+    params = model.init(jax.random.PRNGKey(1), dtype=jnp.float64)
+    _, groups = layer_groups(params)
+    optimizer_of = learned_optimizer(groups)
+    rng = np.random.default_rng(1)
+    batches = jnp.asarray(rng.integers(0, 256, (4, 2, 8)), jnp.int32)
+    outer_batch = jnp.asarray(rng.integers(0, 256, (2, 8)), jnp.int32)
+    meta = {"log_lr": jnp.log(jnp.array([3e-3, 1e-2, 5e-3, 2e-2], jnp.float64))}
+    state = optimizer_of(meta).init(params)
+
+    def loss(p, _, tokens):
+        return jnp.mean(model.sequence_losses(p, tokens))
+
+    args = (meta, params, state, batches, outer_batch)
+    reference = window_value_and_grad(loss, loss, optimizer_of, mode="mixflow")(*args)
+    auto = window_value_and_grad(loss, loss, optimizer_of, mode="auto", memory_budget=2**30)
+    result = auto(*args)
+    np.testing.assert_allclose(result.meta_grad["log_lr"], reference.meta_grad["log_lr"],
+                               rtol=1e-10, atol=1e-14)  # fmt: skip
+    np.testing.assert_allclose(result.outer, reference.outer, rtol=1e-12)
+
+
+def test_auto_mode_config():
+    assert LRConfig(mode="auto", memory_budget=2**30).memory_budget == 2**30
+    assert LRConfig(mode="auto").memory_budget is None  # no limit
+    with pytest.raises(ValueError, match="memory_budget must be None, or a positive int .* "
+                       "with mode='auto'; got memory_budget=1024 with mode='mixflow'"):  # fmt: skip
+        LRConfig(mode="mixflow", memory_budget=1024)
+    with pytest.raises(ValueError, match="memory_budget=0"):
+        LRConfig(mode="auto", memory_budget=0)

@@ -47,7 +47,11 @@ DEFAULT_BUDGET = "4GiB"
 
 def _add_common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--text", help="a local text file or folder (default: the Python stdlib)")
-    p.add_argument("--mode", help="differentiation mode: mixflow (default), remat or reverse")
+    p.add_argument(
+        "--mode",
+        help="differentiation mode: mixflow (default), remat, reverse, or auto (the fastest mode "
+        "and checkpoint schedule whose compiled memory fits --memory-budget)",
+    )
     p.add_argument(
         "--steps", type=positive_int, help="inner steps T per meta-step (truncated unroll)"
     )
@@ -70,8 +74,8 @@ def _add_common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--seed", type=non_negative_int)
     p.add_argument(
         "--memory-budget",
-        help=f"budget of the largest-T report, e.g. 4GiB (default {DEFAULT_BUDGET}); with --quick "
-        "the report runs only if this is given",
+        help=f"budget of the largest-T report, e.g. 4GiB (default {DEFAULT_BUDGET}), and of the "
+        "meta-gradient with --mode auto; with --quick the report runs only if this is given",
     )
     p.add_argument(
         "--no-memory-report", action="store_true", help="skip the compiled-memory report"
@@ -129,6 +133,10 @@ def _config(command: str, cls: Any, args: argparse.Namespace, quick: dict[str, A
     fields = {f.name for f in dataclasses.fields(cls)}
     values = dict(quick) if args.quick else {}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    # --memory-budget is the report's budget, and the run's too with --mode auto (in bytes).
+    values.pop("memory_budget", None)
+    if values.get("mode") == "auto":
+        values["memory_budget"] = _budget(command, args)
     if isinstance(values.get("grid"), str):
         try:
             values["grid"] = tuple(float(x) for x in values["grid"].split(",") if x.strip())

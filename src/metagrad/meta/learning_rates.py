@@ -166,7 +166,9 @@ def make_arms(config: LRConfig, data: LRData) -> dict[str, Arm]:
 
     # One compiled program serves every grid point: the rate is an argument, not a constant.
     plain_window = training_window(loss, lambda lr: optax.adam(lr, eps_root=EPS_ROOT))
-    meta_step = online_meta_step(loss, loss, optimizer_of, meta_opt, mode=config.mode)
+    meta_step = online_meta_step(
+        loss, loss, optimizer_of, meta_opt, mode=config.mode, memory_budget=config.memory_budget
+    )
 
     def batches(step: int) -> jax.Array:
         index = lm_task.window_indices(

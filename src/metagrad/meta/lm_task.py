@@ -20,6 +20,7 @@ import numpy as np
 from metagrad.autodiff import MODES
 from metagrad.data.text import TextConfig, TextDataset, load_stdlib_text, load_text
 from metagrad.models import DecoderLM
+from metagrad.validation import require_one_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,16 @@ def validate_run_config(
     Raises:
       ValueError: naming the field, what was expected and the value received.
     """
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}.")
+    require_one_of("mode", config.mode, (*MODES, "auto"))
+    if config.memory_budget is not None and (
+        config.mode != "auto"
+        or not isinstance(config.memory_budget, int)
+        or config.memory_budget < 1
+    ):
+        raise ValueError(
+            "memory_budget must be None, or a positive int (bytes) with mode='auto'; got "
+            f"memory_budget={config.memory_budget!r} with mode={config.mode!r}."
+        )
     for name in (*RUN_SIZES, *positive_ints):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
@@ -85,7 +94,10 @@ class LMRunConfig:
 
     Attributes:
       text: a local text file or folder (None: the Python standard library's sources).
-      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``).
+      mode: differentiation mode of the meta-gradient (``"reverse"``, ``"remat"``, ``"mixflow"``,
+        or ``"auto"``: the fastest mode and checkpoint schedule whose compiled memory fits
+        ``memory_budget``; see ``metagrad.Bilevel``).
+      memory_budget: bytes for ``mode="auto"`` (None: no limit); only with ``"auto"``.
       steps: inner steps T per window (truncated unroll).
       meta_steps: windows (meta-steps); every arm takes ``meta_steps * steps`` inner steps.
       batch: training sequences per inner step.
@@ -100,6 +112,7 @@ class LMRunConfig:
 
     text: str | None = None
     mode: str = "mixflow"
+    memory_budget: int | None = None
     steps: int = 4
     meta_steps: int = 100
     batch: int = 16

@@ -65,7 +65,12 @@ class WindowResult(NamedTuple):
 
 
 def window_problem(
-    inner_loss: Loss, outer_loss: Loss, optimizer_of: OptimizerOf, steps: int, mode: str
+    inner_loss: Loss,
+    outer_loss: Loss,
+    optimizer_of: OptimizerOf,
+    steps: int,
+    mode: str,
+    memory_budget: int | None = None,
 ) -> Bilevel:
     """One truncated window as a ``metagrad.Bilevel``: ``steps`` inner steps from given
     parameters and optimiser state (``Bilevel.adapt(..., params=, opt_state=)``)."""
@@ -75,11 +80,24 @@ def window_problem(
         inner_optimizer=optimizer_of,
         steps=steps,
         mode=mode,
+        memory_budget=memory_budget,
     )
 
 
+def _check_mode(mode: str) -> None:
+    # "auto" is Bilevel's (it needs the window's size to choose); the others are checked here so
+    # that a typo fails before anything is traced.
+    if mode != "auto":
+        validate_mode(mode, "mode")
+
+
 def window_value_and_grad(
-    inner_loss: Loss, outer_loss: Loss, optimizer_of: OptimizerOf, *, mode: str = "mixflow"
+    inner_loss: Loss,
+    outer_loss: Loss,
+    optimizer_of: OptimizerOf,
+    *,
+    mode: str = "mixflow",
+    memory_budget: int | None = None,
 ) -> Callable[[Meta, Params, Any, Batch, Batch], WindowResult]:
     """The meta-gradient of one truncated window (not jitted: compose or jit it).
 
@@ -89,18 +107,22 @@ def window_value_and_grad(
         (typically a clean validation loss).
       optimizer_of: ``meta -> optax.GradientTransformation``: the inner optimiser (meta-
         parameters may be its hyper-parameters). Its state structure must not depend on ``meta``.
-      mode: ``"reverse"``, ``"remat"`` or ``"mixflow"`` (see ``metagrad.unroll``).
+      mode: ``"reverse"``, ``"remat"``, ``"mixflow"`` (see ``metagrad.unroll``) or ``"auto"``
+        (the fastest mode and schedule that fits ``memory_budget``; see ``metagrad.Bilevel``).
+      memory_budget: bytes for ``mode="auto"`` (None: no limit).
 
     Returns:
       ``fn(meta, params, inner_state, batches, outer_batch) -> WindowResult``; ``batches`` has a
       leading axis of size T (one batch per inner step).
     """
-    validate_mode(mode, "mode")
+    _check_mode(mode)
 
     def fn(
         meta: Meta, params: Params, state: Any, batches: Batch, outer_batch: Batch
     ) -> WindowResult:
-        problem = window_problem(inner_loss, outer_loss, optimizer_of, _steps(batches), mode)
+        problem = window_problem(
+            inner_loss, outer_loss, optimizer_of, _steps(batches), mode, memory_budget
+        )
         value, meta_grad, inner = problem.value_and_grad(
             meta,
             params=params,
@@ -134,6 +156,7 @@ def online_meta_step(
     meta_optimizer: optax.GradientTransformation,
     *,
     mode: str = "mixflow",
+    memory_budget: int | None = None,
 ) -> Callable[..., tuple[Meta, Any, WindowResult]]:
     """A jitted online meta-step: one truncated window, then a meta-update
     (``metagrad.meta_train_step`` of the window's ``Bilevel``).
@@ -143,13 +166,14 @@ def online_meta_step(
       outer_loss: as in :func:`window_value_and_grad`.
       optimizer_of: as in :func:`window_value_and_grad`.
       mode: as in :func:`window_value_and_grad`.
+      memory_budget: as in :func:`window_value_and_grad`.
       meta_optimizer: optax transformation of the meta-parameters.
 
     Returns:
       ``step(meta, meta_state, params, inner_state, batches, outer_batch) -> (meta', meta_state',
       window)``; continue training from ``window.params`` and ``window.inner_state``.
     """
-    validate_mode(mode, "mode")
+    _check_mode(mode)
     steps_of: dict[int, Callable[..., tuple[Any, ...]]] = {}
 
     def step(
@@ -162,7 +186,9 @@ def online_meta_step(
     ) -> tuple[Meta, Any, WindowResult]:
         steps = _steps(batches)
         if steps not in steps_of:
-            problem = window_problem(inner_loss, outer_loss, optimizer_of, steps, mode)
+            problem = window_problem(
+                inner_loss, outer_loss, optimizer_of, steps, mode, memory_budget
+            )
             steps_of[steps] = meta_train_step(
                 problem, meta_optimizer, return_inner=True, return_grad=True
             )

@@ -199,8 +199,10 @@ def _programs(config: ReweightConfig, n: int) -> tuple[Any, Any]:
         return jnp.mean(model.sequence_losses(p, tokens))
 
     plain_window = training_window(plain_loss, lambda _: inner_opt)
-    meta_step = online_meta_step(weighted_loss, outer_loss, lambda _: inner_opt,
-                                 optax.adam(config.effective_meta_lr), mode=config.mode)  # fmt: skip
+    meta_step = online_meta_step(
+        weighted_loss, outer_loss, lambda _: inner_opt, optax.adam(config.effective_meta_lr),
+        mode=config.mode, memory_budget=config.memory_budget,
+    )  # fmt: skip
     return plain_window, meta_step
 
 

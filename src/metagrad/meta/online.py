@@ -75,12 +75,7 @@ def window_problem(
     """One truncated window as a ``metagrad.Bilevel``: ``steps`` inner steps from given
     parameters and optimiser state (``Bilevel.adapt(..., params=, opt_state=)``)."""
     return Bilevel(
-        inner_loss=inner_loss,
-        outer_loss=outer_loss,
-        inner_optimizer=optimizer_of,
-        steps=steps,
-        mode=mode,
-        memory_budget=memory_budget,
+        inner_loss, outer_loss, optimizer_of, steps, mode=mode, memory_budget=memory_budget
     )
 
 

@@ -107,9 +107,7 @@ class Algorithm:
             raise ValueError(f"Algorithm: method must be one of {METHODS}; got {self.method!r}.")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
             raise ValueError(f"Algorithm: cg_steps must be a positive int; got {self.cg_steps!r}.")
-        if not (
-            isinstance(self.inner_momentum, int | float) and 0 <= self.inner_momentum < 1
-        ):
+        if not (isinstance(self.inner_momentum, int | float) and 0 <= self.inner_momentum < 1):
             raise ValueError(
                 f"Algorithm: inner_momentum must be in [0, 1); got {self.inner_momentum!r}."
             )

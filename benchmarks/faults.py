@@ -62,6 +62,7 @@ BAD_VALUES: dict[Callable[[str], Any], tuple[str, ...]] = {
     arguments.positive_number: ("0", "-1", "nan", "inf", "1e400", "abc"),
     arguments.non_negative_number: ("-1", "nan", "inf", "abc"),
     arguments.fraction: ("0", "1", "1.5", "nan"),
+    arguments.momentum: ("-0.1", "1", "1.5", "nan", "abc"),
 }
 
 # Tiny settings of a real few-shot run on the built-in glyphs (seconds, not minutes).

@@ -259,8 +259,10 @@ def test_errors_name_the_argument():
         make_algorithm("imaml", learned_lr="per_parameter")
 
 
-def test_imaml_meta_gradient_is_the_proximal_formula(x64):
-    """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64)."""
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum):
+    """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64), whatever
+    inner optimiser reached θ* (plain gradient descent or heavy-ball momentum)."""
     model = MLP((5, 6, 3), activation="tanh")
     params = model.init(jax.random.PRNGKey(0), jnp.float64)
     key1, key2 = jax.random.split(jax.random.PRNGKey(1))
@@ -271,7 +273,9 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64):
         jnp.arange(6) % 3,
     )
     lam = 2.0
-    alg = make_algorithm("imaml", steps=300, inner_lr=0.2, proximal=lam, cg_steps=100)
+    alg = make_algorithm(
+        "imaml", steps=300, inner_lr=0.2, proximal=lam, cg_steps=100, inner_momentum=momentum
+    )
     meta = alg.init_meta(params)
     got = jax.jit(jax.grad(lambda m: adapt_task(model, alg, m, task).loss))(meta)
 
@@ -292,6 +296,28 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64):
     )
     got_flat = np.asarray(jax.flatten_util.ravel_pytree(got["params"])[0])
     assert np.linalg.norm(got_flat - want) / np.linalg.norm(want) < 1e-8
+
+
+def test_inner_momentum_solves_the_proximal_problem_in_fewer_steps(x64):
+    """Heavy-ball momentum reaches the inner minimum that plain GD approaches slowly (the implicit
+    meta-gradient assumes it is reached)."""
+    model = MLP((5, 6, 3), activation="tanh")
+    params = model.init(jax.random.PRNGKey(0), jnp.float64)
+    key1, key2 = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(key1, (6, 5), jnp.float64)
+    task = (x, jnp.arange(6) % 3, jax.random.normal(key2, (6, 5), jnp.float64), jnp.arange(6) % 3)
+    theta0 = jax.flatten_util.ravel_pytree(params)[0]
+
+    def residual(momentum):
+        alg = make_algorithm("imaml", steps=16, inner_lr=0.2, proximal=0.5, inner_momentum=momentum)
+        theta, unravel = jax.flatten_util.ravel_pytree(
+            adapt_task(model, alg, alg.init_meta(params), task).params
+        )
+        g = jax.grad(lambda t: cross_entropy(model.apply(unravel(t), x), task[1]))(theta)
+        return float(jnp.linalg.norm(g + 0.5 * (theta - theta0)))
+
+    plain, heavy = residual(0.0), residual(0.6)
+    assert heavy < 0.2 * plain, (plain, heavy)
 
 
 def test_imaml_trains_and_resumes_like_the_other_algorithms(tmp_path):

@@ -151,6 +151,39 @@ def test_first_order_maml_matches_reference(x64):
     assert _rel(got, second) > 1e-4  # and it really differs from second order
 
 
+def test_maml_with_inner_momentum_matches_reference(x64):
+    """Heavy-ball momentum (optax.sgd(lr, momentum=β): v ← βv + g, θ ← θ − lr·v), unrolled."""
+    model, params, task = _setup(jnp.float64)
+    lr, beta = 0.3, 0.6
+    alg = make_algorithm("maml", steps=3, inner_lr=lr, inner_momentum=beta)
+    meta = alg.init_meta(params)
+    sx, sy, qx, qy = task
+
+    def want_loss(m):
+        p = m["params"]
+        v = jax.tree.map(jnp.zeros_like, p)
+        for _ in range(3):
+            g = jax.grad(lambda q: cross_entropy(model.apply(q, sx), sy))(p)
+            v = jax.tree.map(lambda a, b: beta * a + b, v, g)
+            p = jax.tree.map(lambda a, b: a - lr * b, p, v)
+        return cross_entropy(model.apply(p, qx), qy)
+
+    got = _meta_grad(model, alg, meta, task)
+    want = jax.jit(jax.grad(want_loss))(meta)
+    assert _rel(got, want) < 1e-9
+    plain = _meta_grad(model, make_algorithm("maml", steps=3, inner_lr=lr), meta, task)
+    assert _rel(got, plain) > 1e-4  # momentum really changes the inner loop
+
+
+def test_inner_momentum_is_checked():
+    with pytest.raises(ValueError, match=r"inner_momentum must be in \[0, 1\); got 1.0"):
+        make_algorithm("maml", inner_momentum=1.0)
+    with pytest.raises(ValueError, match="inner_momentum must be in"):
+        make_algorithm("maml", inner_momentum=float("nan"))
+    with pytest.raises(ValueError, match="inner_momentum needs a fixed learning rate"):
+        make_algorithm("metasgd", inner_momentum=0.5)
+
+
 @pytest.mark.parametrize("name", ["metasgd", "mamlpp"])
 def test_learned_learning_rates_match_reference(x64, name):
     model, params, task = _setup(jnp.float64)

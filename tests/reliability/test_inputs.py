@@ -38,6 +38,43 @@ def test_bad_numbers_are_refused_when_parsed(command, flag, value, cli_error):
     assert "Traceback" not in said
 
 
+@pytest.mark.parametrize(
+    "flag, value, what",
+    [("--proximal", "-1", "a finite number >= 0"), ("--proximal", "nan", "a finite number >= 0"),
+     ("--cg-steps", "0", "a positive integer"), ("--cg-steps", "2.5", "a positive integer"),
+     ("--inner-momentum", "1", "a number >= 0 and < 1"),
+     ("--inner-momentum", "-0.1", "a number >= 0 and < 1"),
+     ("--inner-momentum", "inf", "a number >= 0 and < 1")],
+)  # fmt: skip
+def test_inner_loop_flags_are_refused_when_parsed(flag, value, what, cli_error):
+    said = cli_error(["fewshot", "train", "--algorithm", "imaml", f"{flag}={value}"])
+    assert "status 2" in said and f"argument {flag}: must be {what}; got {value!r}" in said
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--algorithm", "maml", "--cg-steps", "3"],
+      "--cg-steps applies to the implicit meta-gradient (algorithm 'imaml') only"),
+     (["--algorithm", "imaml", "--proximal", "0"], "--proximal must be > 0 for algorithm='imaml'"),
+     (["--algorithm", "mamlpp", "--inner-momentum", "0.5"],
+      "--inner-momentum needs a fixed inner learning rate; algorithm='mamlpp'")],
+)  # fmt: skip
+def test_inner_loop_flags_the_algorithm_has_no_use_for_are_refused(
+    argv, message, cli_error, tmp_path
+):
+    said = cli_error(["fewshot", "train", *argv, "--out", str(tmp_path / "run")])
+    assert message in said and "Traceback" not in said
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_another_inner_loop_is_refused(tmp_path):
+    config = TrainConfig(**{**CONFIG.__dict__, "iterations": 1, "inner_momentum": 0.5})
+    train(config, tmp_path, splits=splits(), show_progress=False)
+    other = TrainConfig(**{**config.__dict__, "inner_momentum": 0.9})
+    with pytest.raises(ValueError, match=r"differs in inner_momentum \(saved 0.5, now 0.9\)"):
+        train(other, tmp_path, splits=splits(), show_progress=False)
+
+
 @pytest.mark.parametrize("budget", ["0.5", "inf", "1e400", "nan", "-1GiB", "lots"])
 def test_memory_budgets_must_be_finite_sizes(budget, cli_error, tmp_path):
     said = cli_error(["plan", f"--memory-budget={budget}"])

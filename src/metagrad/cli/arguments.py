@@ -118,6 +118,11 @@ def non_negative_number(text: str) -> float:
     return _number(text, float, lambda v: v >= 0, "a finite number >= 0")
 
 
+def momentum(text: str) -> float:
+    """``type=`` for a momentum coefficient β: a number in [0, 1)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number >= 0 and < 1")
+
+
 def fraction(text: str) -> float:
     """``type=`` for a fraction strictly between 0 and 1."""
     return _number(text, float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")

@@ -12,6 +12,7 @@ from metagrad.cli.arguments import (
     add_outputs,
     add_run_arguments,
     fail,
+    momentum,
     non_negative_int,
     non_negative_number,
     positive_int,
@@ -57,6 +58,22 @@ def register(subparsers: Any) -> None:
     t.add_argument("--val-every", type=non_negative_int, default=200)
     t.add_argument("--val-tasks", type=positive_int, default=200)
     t.add_argument("--checkpoint-every", type=non_negative_int, default=100)
+    t.add_argument(
+        "--proximal",
+        type=non_negative_number,
+        help="λ of the proximal term λ/2 ‖θ − θ₀‖² in the inner loss (default: imaml 2, others 0)",
+    )
+    t.add_argument(
+        "--cg-steps",
+        type=positive_int,
+        help="conjugate-gradient steps of the implicit meta-gradient (imaml only; default 5)",
+    )
+    t.add_argument(
+        "--inner-momentum",
+        type=momentum,
+        help="heavy-ball momentum β in [0, 1) of the inner optimiser (default 0: plain SGD; "
+        "not for metasgd, mamlpp)",
+    )
     add_run_arguments(t, old_resume_flag="--no-resume")
     from metagrad.cli.distributed_args import add_arguments as add_distributed_arguments
 

@@ -68,6 +68,11 @@ class Algorithm:
         adapted at every step, a fixed learning rate and ``mode="mixflow"``.
       cg_steps: conjugate-gradient iterations of the implicit solve (iMAML: 5; truncated on
         purpose, so the solve does not warn when it stops short of convergence).
+      inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser
+        (``optax.sgd(inner_lr, momentum=β)``); 0: plain gradient descent (MAML's). Only with a
+        fixed learning rate. With ``method="implicit"`` it changes how well the inner problem is
+        solved in ``steps`` steps, not the formula of the meta-gradient (which only assumes the
+        minimum is reached).
     """
 
     name: str = "maml"
@@ -81,6 +86,7 @@ class Algorithm:
     proximal: float = 0.0
     method: str = "unroll"
     cg_steps: int = 5
+    inner_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -101,6 +107,15 @@ class Algorithm:
             raise ValueError(f"Algorithm: method must be one of {METHODS}; got {self.method!r}.")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
             raise ValueError(f"Algorithm: cg_steps must be a positive int; got {self.cg_steps!r}.")
+        if not (isinstance(self.inner_momentum, int | float) and 0 <= self.inner_momentum < 1):
+            raise ValueError(
+                f"Algorithm: inner_momentum must be in [0, 1); got {self.inner_momentum!r}."
+            )
+        if self.inner_momentum and self.learned_lr is not None:
+            raise ValueError(
+                f"Algorithm {self.name!r}: inner_momentum needs a fixed learning rate; got "
+                f"learned_lr={self.learned_lr!r}."
+            )
         if self.method == "implicit":
             problems = []
             if not self.proximal > 0:
@@ -158,6 +173,8 @@ class Algorithm:
             return scale_by_learning_rates(meta["lr"][first_layer:])
         if self.learned_lr == "per_layer_step":
             return scale_by_step_learning_rates(meta["lr"][first_layer:])
+        if self.inner_momentum:
+            return optax.sgd(self.inner_lr, momentum=self.inner_momentum)
         return optax.sgd(self.inner_lr)
 
 

@@ -67,6 +67,12 @@ class TrainConfig:
       channels, n_blocks: conv4 size.
       val_every, val_tasks: validation period (steps) and tasks (0: never).
       checkpoint_every: checkpoint period (steps).
+      proximal: λ of the proximal term ``λ/2 ‖θ − θ₀‖²`` in the inner loss (None: the
+        algorithm's, 2 for imaml, 0 for the others).
+      cg_steps: conjugate-gradient steps of the implicit meta-gradient (None: the algorithm's,
+        5); only for an implicit algorithm (imaml).
+      inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser (None: 0, plain
+        gradient descent); not for learned learning rates (metasgd, mamlpp).
     """
 
     dataset: str = "glyphs"
@@ -89,6 +95,10 @@ class TrainConfig:
     val_every: int = 200
     val_tasks: int = 200
     checkpoint_every: int = 100
+    # None: the algorithm's own value. Absent from older checkpoints, which then read as None.
+    proximal: float | None = None
+    cg_steps: int | None = None
+    inner_momentum: float | None = None
 
     def __post_init__(self) -> None:
         require_one_of("dataset", self.dataset, DATASETS)
@@ -114,17 +124,56 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+        self._check_inner_options()
         self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
+
+    def _check_inner_options(self) -> None:
+        """The inner-loop options (``proximal``, ``cg_steps``, ``inner_momentum``): their values,
+        and whether the algorithm has any use for them (errors start with the field's name)."""
+        base = make_algorithm(self.algorithm)
+        if self.proximal is not None:
+            value = self.proximal
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"proximal must be a finite number >= 0; got {value!r}.")
+            if base.method == "implicit" and not value > 0:
+                raise ValueError(
+                    f"proximal must be > 0 for algorithm={self.algorithm!r} (implicit "
+                    "meta-gradient: without the proximal term the adapted parameters do not "
+                    f"depend on θ₀); got {value!r}."
+                )
+        if self.cg_steps is not None:
+            if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
+                raise ValueError(f"cg_steps must be a positive int; got {self.cg_steps!r}.")
+            if base.method != "implicit":
+                raise ValueError(
+                    f"cg_steps applies to the implicit meta-gradient (algorithm 'imaml') only; "
+                    f"algorithm={self.algorithm!r} differentiates its inner steps."
+                )
+        if self.inner_momentum is not None:
+            value = self.inner_momentum
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ValueError(f"inner_momentum must be a number in [0, 1); got {value!r}.")
+            if value and base.learned_lr is not None:
+                raise ValueError(
+                    f"inner_momentum needs a fixed inner learning rate; algorithm="
+                    f"{self.algorithm!r} learns its learning rates ({base.learned_lr})."
+                )
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""
         pattern = Pattern.parse(self.pattern) if self.pattern else None
+        overrides = {
+            name: getattr(self, name)
+            for name in ("proximal", "cg_steps", "inner_momentum")
+            if getattr(self, name) is not None
+        }
         return make_algorithm(
             self.algorithm,
             steps=self.steps,
             inner_lr=self.inner_lr,
             mode=self.mode,
             pattern=pattern,
+            **overrides,
         )
 
 

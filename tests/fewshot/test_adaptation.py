@@ -137,6 +137,27 @@ def test_second_order_maml_matches_reference(x64, mode, code):
     assert _rel(got, want) < 1e-9
 
 
+@pytest.mark.parametrize("budget", [None, 2**22])
+def test_auto_mode_matches_reference(x64, budget):
+    # mode="auto" picks a mode and checkpoint schedule for one task's inner loop (vmapped over
+    # tasks in training); whatever it picks, the meta-gradient is the exact one.
+    model, params, task = _setup(jnp.float64)
+    pattern = Pattern.parse("011/001/111")
+    alg = make_algorithm("maml", steps=3, inner_lr=0.3, mode="auto", memory_budget=budget)
+    meta = alg.init_meta(params)
+    got = _meta_grad(model, alg, meta, task, pattern)
+    want = jax.jit(jax.grad(lambda m: reference(model, m, task, pattern, 0.3)[0]))(meta)
+    assert _rel(got, want) < 1e-9
+
+
+def test_memory_budget_needs_auto_mode():
+    with pytest.raises(ValueError, match="memory_budget must be None, or a positive int .* "
+                       "got memory_budget=1024 with mode='mixflow'"):  # fmt: skip
+        make_algorithm("maml", memory_budget=1024)
+    with pytest.raises(ValueError, match="method='implicit' needs mode='mixflow' \\(got 'auto'\\)"):
+        make_algorithm("imaml", mode="auto")
+
+
 def test_first_order_maml_matches_reference(x64):
     model, params, task = _setup(jnp.float64)
     alg = make_algorithm("fomaml", steps=3, inner_lr=0.3)

@@ -69,6 +69,8 @@ def test_resume_refuses_another_configuration(tmp_path):
     [
         (["fewshot", "train", "--algorithm", "reptile"], "--algorithm"),
         (["fewshot", "train", "--mode", "forward"], "--mode"),
+        (["fewshot", "train", "--memory-budget", "1GiB"], "--memory-budget applies to --mode auto"),
+        (["fewshot", "train", "--mode", "auto", "--memory-budget", "lots"], "--memory-budget"),
         (["fewshot", "train", "--pattern", "01x"], "--pattern"),
         (["fewshot", "train", "--pattern", "11111/11111", "--steps", "5"], "--pattern"),
         (["fewshot", "train", "--ways", "0"], "--ways"),

@@ -123,6 +123,16 @@ def momentum(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number >= 0 and < 1")
 
 
+def byte_size(text: str) -> int:
+    """``type=`` for a memory size such as ``4GiB``, ``512MB`` or ``1e9`` (bytes)."""
+    from metagrad.planner import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def fraction(text: str) -> float:
     """``type=`` for a fraction strictly between 0 and 1."""
     return _number(text, float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")

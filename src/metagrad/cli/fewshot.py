@@ -11,6 +11,7 @@ from metagrad.cli.arguments import (
     add_command,
     add_outputs,
     add_run_arguments,
+    byte_size,
     fail,
     momentum,
     non_negative_int,
@@ -32,7 +33,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp, imaml"
     )
-    p.add_argument("--mode", default="mixflow", help="mixflow, remat or reverse")
+    p.add_argument(
+        "--mode",
+        default="mixflow",
+        help="mixflow, remat, reverse, or auto (the fastest mode and checkpoint schedule whose "
+        "compiled memory fits --memory-budget)",
+    )
     p.add_argument("--pattern", help="Lambda pattern used in training, e.g. 00001/11111")
     p.add_argument("--inner-lr", type=positive_number, default=0.4)
     p.add_argument("--outer-lr", type=positive_number, default=1e-3)
@@ -58,6 +64,12 @@ def register(subparsers: Any) -> None:
     t.add_argument("--val-every", type=non_negative_int, default=200)
     t.add_argument("--val-tasks", type=positive_int, default=200)
     t.add_argument("--checkpoint-every", type=non_negative_int, default=100)
+    t.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        help="with --mode auto: bytes of one task's inner loop, e.g. 256MiB (default: no limit; "
+        "tasks are vmapped, so a meta-batch of B tasks needs about B times that)",
+    )
     t.add_argument(
         "--proximal",
         type=non_negative_number,
@@ -146,8 +158,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise _fail(
             "train", f"--algorithm must be one of {', '.join(ALGORITHMS)}; got {args.algorithm!r}."
         )
-    if args.mode not in ("mixflow", "remat", "reverse"):
-        raise _fail("train", f"--mode must be mixflow, remat or reverse; got {args.mode!r}.")
+    if args.mode not in ("mixflow", "remat", "reverse", "auto"):
+        raise _fail("train", f"--mode must be mixflow, remat, reverse or auto; got {args.mode!r}.")
+    if args.memory_budget is not None and args.mode != "auto":
+        raise _fail("train", f"--memory-budget applies to --mode auto; got --mode {args.mode}.")
     if args.pattern is not None:
         try:
             pattern = Pattern.parse(args.pattern)

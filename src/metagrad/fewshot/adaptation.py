@@ -168,6 +168,7 @@ def adapt_task(
             steps=pattern.steps,
             init_params=lambda m: m["params"][c:],
             mode=algorithm.mode,
+            memory_budget=algorithm.memory_budget,
             update_masks=None if all(all(r) for r in masks) else masks,
             first_order=algorithm.first_order,
             method=algorithm.method,

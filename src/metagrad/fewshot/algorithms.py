@@ -59,7 +59,11 @@ class Algorithm:
       learned_lr: ``None`` (fixed ``inner_lr``), ``"per_parameter"`` (Meta-SGD) or
         ``"per_layer_step"`` (MAML++ LSLR).
       mode: differentiation strategy of the second-order meta-gradient: ``"mixflow"``,
-        ``"remat"`` or ``"reverse"``.
+        ``"remat"``, ``"reverse"``, or ``"auto"`` (the fastest mode and checkpoint schedule of
+        one task's inner loop whose compiled memory fits ``memory_budget``; see
+        ``metagrad.Bilevel``).
+      memory_budget: bytes of one task's inner loop for ``mode="auto"`` (None: no limit). Tasks
+        are vmapped, so a meta-batch of B tasks needs about B times that.
       proximal: λ ≥ 0 of the proximal term ``λ/2 ‖θ − θ₀‖²`` added to the inner (support) loss
         (iMAML); 0: none.
       method: ``"unroll"`` (differentiate the inner steps) or ``"implicit"`` (implicit function
@@ -83,6 +87,7 @@ class Algorithm:
     pattern: Pattern | None = None
     learned_lr: str | None = None
     mode: str = "mixflow"
+    memory_budget: int | None = None
     proximal: float = 0.0
     method: str = "unroll"
     cg_steps: int = 5
@@ -100,7 +105,15 @@ class Algorithm:
                 f"Algorithm: pattern has {self.pattern.steps} rows but steps={self.steps}; give "
                 "one row per inner step."
             )
-        validate_mode(self.mode, "Algorithm: mode")
+        if self.mode != "auto":
+            validate_mode(self.mode, "Algorithm: mode")
+        if self.memory_budget is not None and (
+            self.mode != "auto" or not isinstance(self.memory_budget, int) or self.memory_budget < 1
+        ):
+            raise ValueError(
+                "Algorithm: memory_budget must be None, or a positive int (bytes) with "
+                f"mode='auto'; got memory_budget={self.memory_budget!r} with mode={self.mode!r}."
+            )
         if not self.proximal >= 0:
             raise ValueError(f"Algorithm: proximal must be >= 0; got {self.proximal!r}.")
         if self.method not in METHODS:

@@ -57,7 +57,8 @@ class TrainConfig:
       steps: inner steps during meta-training.
       test_steps: inner steps at validation / test time (default: ``steps``).
       algorithm: one of ``ALGORITHMS``.
-      mode: ``"mixflow"``, ``"remat"`` or ``"reverse"``.
+      mode: ``"mixflow"``, ``"remat"``, ``"reverse"`` or ``"auto"`` (with ``memory_budget``).
+      memory_budget: bytes of one task's inner loop for ``mode="auto"`` (None: no limit).
       pattern: a Lambda pattern code (``"00001/11111"``) used during meta-training, or None.
       inner_lr: inner learning rate (initial value when learned).
       outer_lr: Adam learning rate of the meta-parameters (1e-3 as in MAML).
@@ -99,6 +100,7 @@ class TrainConfig:
     proximal: float | None = None
     cg_steps: int | None = None
     inner_momentum: float | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         require_one_of("dataset", self.dataset, DATASETS)
@@ -164,7 +166,7 @@ class TrainConfig:
         pattern = Pattern.parse(self.pattern) if self.pattern else None
         overrides = {
             name: getattr(self, name)
-            for name in ("proximal", "cg_steps", "inner_momentum")
+            for name in ("proximal", "cg_steps", "inner_momentum", "memory_budget")
             if getattr(self, name) is not None
         }
         return make_algorithm(

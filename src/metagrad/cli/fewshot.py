@@ -34,10 +34,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--algorithm", default="maml", help="maml, fomaml, anil, boil, metasgd, mamlpp, imaml"
     )
     p.add_argument(
-        "--mode",
-        default="mixflow",
-        help="mixflow, remat, reverse, or auto (the fastest mode and checkpoint schedule whose "
-        "compiled memory fits --memory-budget)",
+        "--mode", default="mixflow", help="mixflow, remat, reverse, auto (see --memory-budget)"
     )
     p.add_argument("--pattern", help="Lambda pattern used in training, e.g. 00001/11111")
     p.add_argument("--inner-lr", type=positive_number, default=0.4)

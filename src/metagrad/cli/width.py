@@ -168,6 +168,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--base-width", type=positive_int, default=64, help="base width (default 64)")
     p.add_argument(
+        "--zero-readout",
+        action="store_true",
+        help="μP runs only (SP keeps its init): the read-out weights start at zero",
+    )
+    p.add_argument(
+        "--zero-query",
+        action="store_true",
+        help="μP runs of --model lm only: every query projection starts at zero",
+    )
+    p.add_argument(
         "--batch-size", type=positive_int, default=128, help="examples per step (default 128)"
     )
     p.add_argument("--task", choices=TASKS, help="data (default: synthetic; text for --model lm)")

@@ -61,6 +61,10 @@ class WidthConfig:
       shampoo_graft: Shampoo's grafting (``"none"``, ``"sgd"``, ``"rmsprop"``); a grafted
         Shampoo takes the grafted optimiser's width exponents.
       block_size: Shampoo's block size.
+      zero_readout: μP only (ignored under SP, which keeps the standard initialisation): the
+        read-out weights start at zero (:func:`metagrad.optim.scale_init`).
+      zero_query: μP only, LM only: every block's query projection starts at zero
+        (:meth:`metagrad.models.DecoderLM.zero_query`).
     """
 
     optimizer: str = "kfac"
@@ -82,6 +86,8 @@ class WidthConfig:
     shampoo_warmup: int = 0
     shampoo_graft: str = "none"
     block_size: int = 1024
+    zero_readout: bool = False
+    zero_query: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -97,6 +103,10 @@ class WidthConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"WidthConfig: {name} must be a positive int; got {v!r}.")
+        if self.zero_query and self.model != "lm":
+            raise ValueError(
+                f"WidthConfig: zero_query needs the lm model (attention); got model={self.model!r}."
+            )
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the optimiser itself."""
@@ -218,9 +228,19 @@ def build(config: WidthConfig, width: int, task: ClassificationTask) -> Setup:
         **config.optimizer_kwargs(),
     )
 
+    mup = config.param == "mup"  # the zero initialisations are μP rules; SP stays standard
+
     def init(k: Array) -> Any:
         params = model.init(k)
-        params, _ = set_base_shapes(params, base_params, param=config.param, layers=layers)
+        params, _ = set_base_shapes(
+            params,
+            base_params,
+            param=config.param,
+            layers=layers,
+            zero_readout=mup and config.zero_readout,
+        )
+        if mup and config.zero_query:
+            params = model.zero_query(params)
         return params
 
     return Setup(model, width, shapes, opt, loss, capture(loss), init)

@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tolerance", type=positive_number, default=0.1, help="|slope| bound for μP (0.1)"
     )
+    p.add_argument(
+        "--probe-size",
+        type=positive_int,
+        default=256,
+        help="examples (LM: sequences) in the fixed probe batch where Δh is measured (256)",
+    )
     p.set_defaults(func=run_coord_check)
 
     p = kinds.add_parser(
@@ -302,6 +308,7 @@ def run_coord_check(args: argparse.Namespace) -> int:
             lr=lr,
             steps=args.steps,
             seeds=args.seeds,
+            probe_size=args.probe_size,
             progress=not args.no_progress,
         )
         r["summary"] = summarize(r, args.tolerance)

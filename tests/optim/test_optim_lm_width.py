@@ -169,6 +169,14 @@ def test_width_config_zero_inits_are_mup_only(tokens):
     assert np.all(np.asarray(p["unembed"]) == 0)
     assert np.all(np.asarray(p["blocks"][0]["attn"]["qkv"]["w"][:, :16]) == 0)
     assert np.all(np.asarray(mup.model.apply(p, tokens.x_train[:2])) == 0)  # zero logits
+    # ... at the base width too, where no axis is wide (every role there is "finite").
+    at_base = build(
+        WidthConfig(optimizer="adam", param="mup", zero_readout=True, zero_query=True, **TINY),
+        8,
+        tokens,
+    ).init(jax.random.key(0))
+    assert np.all(np.asarray(at_base["unembed"]) == 0)
+    assert np.all(np.asarray(at_base["blocks"][0]["attn"]["qkv"]["w"][:, :8]) == 0)
     # SP ignores both: its initialisation is the standard one.
     sp_cfg = {"optimizer": "adam", "param": "sp", **TINY}
     sp = build(WidthConfig(zero_readout=True, zero_query=True, **sp_cfg), 16, tokens)
@@ -186,3 +194,6 @@ def test_width_config_zero_inits_are_mup_only(tokens):
     r = coord_check(config, [8, 16], tokens, lr=2.0**-4, steps=2, seeds=1, progress=False)
     deltas = np.asarray([r["delta_h"][k] for k in r["layers"]])
     assert np.all(np.isfinite(deltas)) and np.all(deltas[:, :, -1] > 0)
+    # The logits start at zero, so their change from init is their size (mean |h_t|).
+    np.testing.assert_allclose(r["value"]["logits"], r["delta_h"]["logits"], rtol=1e-6)
+    assert set(r["slopes_value"]) == set(r["slopes"]) and r["probe_size"] == 32  # all 32 examples

@@ -229,6 +229,16 @@ def build(config: WidthConfig, width: int, task: ClassificationTask) -> Setup:
     )
 
     mup = config.param == "mup"  # the zero initialisations are μP rules; SP stays standard
+    readout = None
+    if mup and config.zero_readout:
+        # The read-out is zero at every width, the base width included, where no axis is wide
+        # and every role would be "finite": name it by its role at twice the base width.
+        wider = jax.eval_shape(make_model(config, 2 * config.base_width, task).init, key)
+        readout = {
+            w.name: "output"
+            for w in base_shapes(wider, base_params, layers=layers).leaves
+            if w.role == "output"
+        }
 
     def init(k: Array) -> Any:
         params = model.init(k)
@@ -237,7 +247,8 @@ def build(config: WidthConfig, width: int, task: ClassificationTask) -> Setup:
             base_params,
             param=config.param,
             layers=layers,
-            zero_readout=mup and config.zero_readout,
+            roles=readout,
+            zero_readout=readout is not None,
         )
         if mup and config.zero_query:
             params = model.zero_query(params)

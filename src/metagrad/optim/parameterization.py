@@ -357,6 +357,9 @@ def scale_init(
     removes the term ``W_outᵀ Δh`` of the output update, whose size at initialisation is the
     ``1/√width`` random part that makes the network output's coordinate check shrink with width
     at finite width; the output then moves only by ``ΔW_outᵀ h``, which is width independent.
+    At the base width itself no axis is wide and every role is ``"finite"``: give the read-out
+    its role there with ``roles={"readout/w": "output"}`` (as :func:`metagrad.optim.experiment.build`
+    does), or it keeps its initialisation at that one width.
 
     Args:
       params: parameters from the model's own (standard, fan-in) initialiser.

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.files import save_figure
-from metagrad.optim.experiment import WidthConfig, build, make_train, prepare_inputs
+from metagrad.optim.experiment import WidthConfig, build, init_label, make_train, prepare_inputs
 from metagrad.optim.tasks import ClassificationTask
 from metagrad.progress import progress_bar
 
@@ -216,6 +216,7 @@ def plot_coord_checks(results: Sequence[dict[str, Any]], path: str) -> None:
             name = f"{cfg['optimizer']}/{cfg['param']}"
             if cfg["optimizer"] == "kfac":
                 name += f" ({cfg['damping_rule']})"
+            name += init_label(cfg)
             ax.set_title(f"{name} {label}\nslope {slope:+.2f}", fontsize=8)
             if i == n_rows - 1:
                 ax.set_xlabel("width")

@@ -186,6 +186,15 @@ def make_model(config: WidthConfig, width: int, task: ClassificationTask) -> Any
     return Conv4(n_classes=task.n_classes, channels=width, in_channels=c, image_size=h)
 
 
+def init_label(config: dict[str, Any]) -> str:
+    """`` (zero read-out)``, `` (zero read-out + query)``, `` (zero query)`` or ``""`` for a
+    result's ``config`` dict (plot titles); only μP runs use the zero initialisations."""
+    if config.get("param") != "mup":
+        return ""
+    parts = [n for n, k in (("read-out", "zero_readout"), ("query", "zero_query")) if config.get(k)]
+    return f" (zero {' + '.join(parts)})" if parts else ""
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy of integer labels."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

@@ -197,3 +197,21 @@ def test_width_config_zero_inits_are_mup_only(tokens):
     # The logits start at zero, so their change from init is their size (mean |h_t|).
     np.testing.assert_allclose(r["value"]["logits"], r["delta_h"]["logits"], rtol=1e-6)
     assert set(r["slopes_value"]) == set(r["slopes"]) and r["probe_size"] == 32  # all 32 examples
+
+
+def test_cli_zero_init_and_probe_flags():
+    from metagrad.cli import build_parser
+    from metagrad.cli.width import _configs
+
+    args = build_parser().parse_args(
+        ["width", "coord-check", "--model", "lm", "--zero-readout", "--zero-query"]
+        + ["--probe-size", "8", "--param", "mup,sp", "--optimizer", "adam"]
+    )
+    assert args.probe_size == 8
+    configs = _configs(args, ["adam"], ["mup", "sp"], ["trace"])
+    assert [(c.param, c.zero_readout, c.zero_query) for c in configs] == [
+        ("mup", True, True),
+        ("sp", True, True),  # kept in the config; build() applies them to μP only
+    ]
+    plain = build_parser().parse_args(["width", "sweep", "--model", "lm"])
+    assert not plain.zero_readout and not plain.zero_query

@@ -58,7 +58,13 @@ projections ``qkv``, ``out``, ``up``, ``down`` are *hidden*, the unembedding ``(
 *output* (read-out) weight, and the RMSNorm scales and the biases are *vectors*. The embedding is a
 table look-up, not a layer that K-FAC or Shampoo precondition (K-FAC: SGD's exponents; Shampoo
 treats it as a matrix like any other 2-D parameter); norm scales are never preconditioned
-(SGD's exponents, or Adam's for Adam).
+(SGD's exponents, or Adam's for Adam). Two μP options for transformers, used by the decoder LM's
+Adam and Shampoo width experiments (docs/width.md): a zero read-out
+(``set_base_shapes(..., zero_readout=True)``, see :func:`scale_init`) and zero queries
+(:meth:`metagrad.models.DecoderLM.zero_query`), as the ``mup`` package recommends. Not for
+K-FAC, whose update is of degree -1 in the backward signal: from a zero read-out its hidden-layer
+updates blow up (and Ishikawa & Karakida show a zero last layer biases K-FAC towards the NNGP
+solution).
 
 References:
   Yang & Hu, *Feature Learning in Infinite-Width Neural Networks*, ICML 2021.

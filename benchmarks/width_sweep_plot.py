@@ -1,5 +1,6 @@
-"""Joins the learning-rate sweeps of docs/width.md that were run in two parts (widths 64…1024, then
-2048 on its own) and draws each as one plot, with the JSON of the joined sweep beside it.
+"""Joins the learning-rate sweeps of docs/width.md that were run in parts (the MLP's: widths
+64…1024, then 2048 on its own; the decoder LM's: μP and SP by separate commands) and draws each
+as one plot, with the JSON of the joined sweep beside it.
 
 Run the `metagrad width sweep` commands of docs/width.md first; they write
 runs/sweep/<name>_a/sweep_lr.json and runs/sweep/<name>_b/sweep_lr.json. Then
@@ -22,6 +23,10 @@ PAIRS = {  # docs image name: (first part, second part) under runs/sweep
     "shampoo": ("shampoo_a", "shampoo_b"),
     "shampoo_eps6": ("sh6_a", "sh6_b"),
     "shampoo_graft": ("shampoo_graft_a", "shampoo_graft_b"),
+    # The decoder LM (docs/width.md, "μP for the decoder LM"): μP with its rule, then SP.
+    "lm_adam": ("lm_adam_mup", "lm_adam_random_sp"),  # the second: random read-out μP, SP
+    "lm_kfac": ("lm_kfac_mup", "lm_kfac_sp"),
+    "lm_shampoo": ("lm_shampoo",),
 }
 
 

@@ -75,6 +75,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tolerance", type=positive_number, default=0.1, help="|slope| bound for μP (0.1)"
     )
+    p.add_argument(
+        "--probe-size",
+        type=positive_int,
+        default=256,
+        help="examples (LM: sequences) in the fixed probe batch where Δh is measured (256)",
+    )
 
     p = add_command(
         kinds,
@@ -170,6 +176,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="bytes per sequence of --task text (default 32)",
     )  # fmt: skip
     p.add_argument("--base-width", type=positive_int, default=64, help="base width (default 64)")
+    p.add_argument(
+        "--zero-readout",
+        action="store_true",
+        help="μP runs only (SP keeps its init): the read-out weights start at zero",
+    )
+    p.add_argument(
+        "--zero-query",
+        action="store_true",
+        help="μP runs of --model lm only: every query projection starts at zero",
+    )
     p.add_argument(
         "--batch-size", type=positive_int, default=128, help="examples per step (default 128)"
     )
@@ -295,6 +311,7 @@ def run_coord_check(args: argparse.Namespace) -> int:
             lr=lr,
             steps=args.steps,
             seeds=args.seeds,
+            probe_size=args.probe_size,
             progress=not args.no_progress,
         )
         r["summary"] = summarize(r, args.tolerance)

@@ -225,6 +225,30 @@ class DecoderLM:
             )
         return {"embed": embed, "blocks": blocks, "final_norm": norm(), "unembed": unembed}
 
+    def zero_query(self, params: Params) -> Params:
+        """The parameters with every block's query projection (the ``q`` columns of ``qkv``,
+        weight and bias) set to zero.
+
+        A μP option for transformers (Yang et al. 2022, Tensor Programs V; the ``mup`` package's
+        README recommends it with a zero read-out): with ``q = 0`` the attention logits are 0 at
+        initialisation (uniform causal attention) instead of a random ``O(1/√head_dim)`` term
+        under the ``1/head_dim`` scale, so they too move only by their update. The keys and
+        values keep their initialisation, so the query still gets a gradient at the first step.
+
+        Args:
+          params: parameters from :meth:`init` (possibly rescaled).
+
+        Returns:
+          New parameters (the input is not modified).
+        """
+        d = self.width
+        blocks = []
+        for blk in params["blocks"]:
+            qkv = blk["attn"]["qkv"]
+            qkv = {"w": qkv["w"].at[:, :d].set(0), "b": qkv["b"].at[:d].set(0)}
+            blocks.append({**blk, "attn": {**blk["attn"], "qkv": qkv}})
+        return {**params, "blocks": blocks}
+
     @property
     def feature_names(self) -> list[str]:
         """Names of the features returned by ``apply(..., return_features=True)``."""

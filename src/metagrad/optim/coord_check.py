@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metagrad.files import save_figure
-from metagrad.optim.experiment import WidthConfig, build, make_train, prepare_inputs
+from metagrad.optim.experiment import WidthConfig, build, init_label, make_train, prepare_inputs
 from metagrad.optim.tasks import ClassificationTask
 from metagrad.progress import progress_bar
 
@@ -84,8 +84,9 @@ def coord_check(
     Returns:
       A JSON-serialisable dict: ``config``, ``widths``, ``layers`` (labels), ``delta_h``
       (``[layer][width][step]``, mean over seeds), ``delta_h_std`` (over seeds), ``slopes``
-      (``{layer: fitted log-log slope at the last step}``), ``slopes_per_step`` and ``seconds``
-      per width.
+      (``{layer: fitted log-log slope at the last step}``), ``slopes_per_step``, ``value`` and
+      ``slopes_value`` (the same for the size of the features themselves, mean ``|h_t|``, the
+      statistic of the ``mup`` package's coordinate check) and ``seconds`` per width.
     """
     widths = [int(w) for w in widths]
     if len(widths) < 2:
@@ -98,6 +99,7 @@ def coord_check(
     y_train = jnp.asarray(task.y_train)
     probe = x_train[:probe_size]
     all_deltas: list[np.ndarray] = []  # per width: (seeds, steps, layers)
+    all_values: list[np.ndarray] = []
     seconds = []
     labels: list[str] = []
     with progress_bar(progress) as bar:
@@ -108,13 +110,17 @@ def coord_check(
             t0 = time.perf_counter()
             setup = build(config, width, task)
             run = _make_run(setup, steps, config.batch_size)
-            per_seed = []
+            per_seed, values = [], []
             for seed in range(seeds):
                 params = setup.init(jax.random.key(seed))
-                deltas = run(params, lr, jax.random.key(10_000 + seed), x_train, y_train, probe)
+                deltas, value = run(
+                    params, lr, jax.random.key(10_000 + seed), x_train, y_train, probe
+                )
                 per_seed.append(np.asarray(deltas, np.float64))
+                values.append(np.asarray(value, np.float64))
                 bar.advance(job)
             all_deltas.append(np.stack(per_seed))
+            all_values.append(np.stack(values))
             seconds.append(time.perf_counter() - t0)
             # Roles are read at the widest width (at the base width nothing is "wide").
             labels = layer_labels(setup, per_seed[0].shape[1])
@@ -128,11 +134,13 @@ def coord_check(
         labels[l]: [fit_slope(widths, mean[:, t, l]) for t in range(mean.shape[1])]
         for l in range(n_layers)
     }
+    value = np.stack(all_values).mean(axis=1)  # (widths, steps, layers)
     return {
         "config": dataclasses.asdict(config),
         "lr": lr,
         "steps": steps,
         "seeds": seeds,
+        "probe_size": int(probe.shape[0]),
         "task": task.name,
         "widths": widths,
         "layers": labels,
@@ -140,13 +148,15 @@ def coord_check(
         "delta_h_std": {labels[l]: std[:, :, l].tolist() for l in range(n_layers)},
         "slopes": slopes,
         "slopes_per_step": per_step,
+        "value": {labels[l]: value[:, :, l].tolist() for l in range(n_layers)},
+        "slopes_value": {labels[l]: fit_slope(widths, value[:, -1, l]) for l in range(n_layers)},
         "seconds": seconds,
     }
 
 
 def _make_run(setup: Any, steps: int, batch_size: int):
-    """``run(params, lr, key, x, y, probe) -> Δh``: mean |h_t - h_0| of every layer's features
-    on the probe batch after each step, shape ``(steps, layers)``."""
+    """``run(params, lr, key, x, y, probe) -> (Δh, |h|)``: mean |h_t - h_0| and mean |h_t| of
+    every layer's features on the probe batch after each step, each of shape ``(steps, layers)``."""
 
     def features(params, x):
         _, feats = setup.model.apply(params, x, return_features=True)
@@ -154,14 +164,15 @@ def _make_run(setup: Any, steps: int, batch_size: int):
 
     def delta(params, loss, probe, h0):
         h = features(params, probe)
-        return jnp.stack(
-            [jnp.mean(jnp.abs(a - b)).astype(jnp.float32) for a, b in zip(h, h0, strict=True)]
-        )
+        change = [jnp.mean(jnp.abs(a - b)) for a, b in zip(h, h0, strict=True)]
+        value = [jnp.mean(jnp.abs(a)) for a in h]
+        return jnp.stack([jnp.stack(change), jnp.stack(value)]).astype(jnp.float32)
 
     train = make_train(setup, steps, batch_size, observe=delta)
 
     def run(params, lr, key, x, y, probe):
-        return train(params, lr, key, x, y, probe, features(params, probe))[1]
+        records = train(params, lr, key, x, y, probe, features(params, probe))[1]
+        return records[:, 0], records[:, 1]
 
     return run
 
@@ -205,6 +216,7 @@ def plot_coord_checks(results: Sequence[dict[str, Any]], path: str) -> None:
             name = f"{cfg['optimizer']}/{cfg['param']}"
             if cfg["optimizer"] == "kfac":
                 name += f" ({cfg['damping_rule']})"
+            name += init_label(cfg)
             ax.set_title(f"{name} {label}\nslope {slope:+.2f}", fontsize=8)
             if i == n_rows - 1:
                 ax.set_xlabel("width")

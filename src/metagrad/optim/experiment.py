@@ -61,6 +61,10 @@ class WidthConfig:
       shampoo_graft: Shampoo's grafting (``"none"``, ``"sgd"``, ``"rmsprop"``); a grafted
         Shampoo takes the grafted optimiser's width exponents.
       block_size: Shampoo's block size.
+      zero_readout: μP only (ignored under SP, which keeps the standard initialisation): the
+        read-out weights start at zero (:func:`metagrad.optim.scale_init`).
+      zero_query: μP only, LM only: every block's query projection starts at zero
+        (:meth:`metagrad.models.DecoderLM.zero_query`).
     """
 
     optimizer: str = "kfac"
@@ -82,6 +86,8 @@ class WidthConfig:
     shampoo_warmup: int = 0
     shampoo_graft: str = "none"
     block_size: int = 1024
+    zero_readout: bool = False
+    zero_query: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -97,6 +103,10 @@ class WidthConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"WidthConfig: {name} must be a positive int; got {v!r}.")
+        if self.zero_query and self.model != "lm":
+            raise ValueError(
+                f"WidthConfig: zero_query needs the lm model (attention); got model={self.model!r}."
+            )
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the optimiser itself."""
@@ -176,6 +186,15 @@ def make_model(config: WidthConfig, width: int, task: ClassificationTask) -> Any
     return Conv4(n_classes=task.n_classes, channels=width, in_channels=c, image_size=h)
 
 
+def init_label(config: dict[str, Any]) -> str:
+    """`` (zero read-out)``, `` (zero read-out + query)``, `` (zero query)`` or ``""`` for a
+    result's ``config`` dict (plot titles); only μP runs use the zero initialisations."""
+    if config.get("param") != "mup":
+        return ""
+    parts = [n for n, k in (("read-out", "zero_readout"), ("query", "zero_query")) if config.get(k)]
+    return f" (zero {' + '.join(parts)})" if parts else ""
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy of integer labels."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
@@ -218,9 +237,30 @@ def build(config: WidthConfig, width: int, task: ClassificationTask) -> Setup:
         **config.optimizer_kwargs(),
     )
 
+    mup = config.param == "mup"  # the zero initialisations are μP rules; SP stays standard
+    readout = None
+    if mup and config.zero_readout:
+        # The read-out is zero at every width, the base width included, where no axis is wide
+        # and every role would be "finite": name it by its role at twice the base width.
+        wider = jax.eval_shape(make_model(config, 2 * config.base_width, task).init, key)
+        readout = {
+            w.name: "output"
+            for w in base_shapes(wider, base_params, layers=layers).leaves
+            if w.role == "output"
+        }
+
     def init(k: Array) -> Any:
         params = model.init(k)
-        params, _ = set_base_shapes(params, base_params, param=config.param, layers=layers)
+        params, _ = set_base_shapes(
+            params,
+            base_params,
+            param=config.param,
+            layers=layers,
+            roles=readout,
+            zero_readout=readout is not None,
+        )
+        if mup and config.zero_query:
+            params = model.zero_query(params)
         return params
 
     return Setup(model, width, shapes, opt, loss, capture(loss), init)

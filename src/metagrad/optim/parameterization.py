@@ -58,7 +58,13 @@ projections ``qkv``, ``out``, ``up``, ``down`` are *hidden*, the unembedding ``(
 *output* (read-out) weight, and the RMSNorm scales and the biases are *vectors*. The embedding is a
 table look-up, not a layer that K-FAC or Shampoo precondition (K-FAC: SGD's exponents; Shampoo
 treats it as a matrix like any other 2-D parameter); norm scales are never preconditioned
-(SGD's exponents, or Adam's for Adam).
+(SGD's exponents, or Adam's for Adam). Two μP options for transformers, used by the decoder LM's
+Adam and Shampoo width experiments (docs/width.md): a zero read-out
+(``set_base_shapes(..., zero_readout=True)``, see :func:`scale_init`) and zero queries
+(:meth:`metagrad.models.DecoderLM.zero_query`), as the ``mup`` package recommends. Not for
+K-FAC, whose update is of degree -1 in the backward signal: from a zero read-out its hidden-layer
+updates blow up (and Ishikawa & Karakida show a zero last layer biases K-FAC towards the NNGP
+solution).
 
 References:
   Yang & Hu, *Feature Learning in Infinite-Width Neural Networks*, ICML 2021.
@@ -341,22 +347,47 @@ def init_multipliers(shapes: BaseShapes, param: str = "mup") -> Any:
     return shapes.tree(lambda w: w.width_mult ** -(b[w.role] - _B_SP[w.role]))
 
 
-def scale_init(params: Any, shapes: BaseShapes, param: str = "mup") -> Any:
+def scale_init(
+    params: Any, shapes: BaseShapes, param: str = "mup", *, zero_readout: bool = False
+) -> Any:
     """Rescales a standard fan-in initialisation to the parameterisation's initialisation.
 
     Under μP only the read-out changes: its standard deviation is multiplied by ``m^-1/2``
-    (variance ``1 / (fan_in m)``); it is *not* zeroed, because one K-FAC step from a zero
-    read-out collapses to a kernel-regression solution.
+    (variance ``1 / (fan_in m)``). By default it is *not* zeroed, because one K-FAC step from a
+    zero read-out of the MLP collapses to a kernel-regression solution.
+
+    ``zero_readout=True`` (μP only) initialises every *output* weight at zero instead. That is
+    still μP: μP needs a read-out variance of at most ``O(1 / width²)``, and zero is the limit
+    ``b_out → ∞`` (Yang et al. 2022, Tensor Programs V; the ``mup`` package's
+    ``MuReadout(readout_zero_init=True)``, which its README recommends for transformers). It
+    removes the term ``W_outᵀ Δh`` of the output update, whose size at initialisation is the
+    ``1/√width`` random part that makes the network output's coordinate check shrink with width
+    at finite width; the output then moves only by ``ΔW_outᵀ h``, which is width independent.
+    At the base width itself no axis is wide and every role is ``"finite"``: give the read-out
+    its role there with ``roles={"readout/w": "output"}`` (as :func:`metagrad.optim.experiment.build`
+    does), or it keeps its initialisation at that one width.
 
     Args:
       params: parameters from the model's own (standard, fan-in) initialiser.
       shapes: from :func:`base_shapes`.
       param: ``"mup"`` or ``"sp"``.
+      zero_readout: μP only: initialise the output-role weights at zero.
 
     Returns:
       The rescaled parameters.
     """
+    if zero_readout and param != "mup":
+        raise ValueError(
+            "scale_init: zero_readout is a μP rule (SP keeps the standard read-out "
+            f"initialisation); got param={param!r}."
+        )
     mults = init_multipliers(shapes, param)
+    if zero_readout:
+        leaves = jax.tree_util.tree_leaves(mults)
+        mults = jax.tree_util.tree_unflatten(
+            shapes.treedef,
+            [0.0 if w.role == "output" else m for w, m in zip(shapes.leaves, leaves, strict=True)],
+        )
     return jax.tree_util.tree_map(
         lambda x, s: x * jnp.asarray(s, jnp.result_type(x)), params, mults
     )
@@ -390,6 +421,7 @@ def set_base_shapes(
     layout: str = "in_out",
     roles: Any = None,
     layers: Layers | None = None,
+    zero_readout: bool = False,
 ) -> tuple[Any, BaseShapes]:
     """Declares a model's base shapes and applies the parameterisation's initialisation.
 
@@ -400,12 +432,14 @@ def set_base_shapes(
       layout: see :func:`base_shapes`.
       roles: see :func:`base_shapes`.
       layers: see :func:`base_shapes`.
+      zero_readout: μP only: initialise the read-out (output-role weights) at zero, see
+        :func:`scale_init`.
 
     Returns:
       ``(params, shapes)``: rescaled parameters and their :class:`BaseShapes`.
     """
     shapes = base_shapes(params, base, layout=layout, roles=roles, layers=layers)
-    return scale_init(params, shapes, param), shapes
+    return scale_init(params, shapes, param, zero_readout=zero_readout), shapes
 
 
 def lr_multipliers(shapes: BaseShapes, exps: Exponents, layers: Layers | None = None) -> Any:

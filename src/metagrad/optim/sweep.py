@@ -29,6 +29,7 @@ from metagrad.optim.experiment import (
     WidthConfig,
     build,
     evaluate,
+    init_label,
     make_train,
     prepare_inputs,
 )
@@ -263,6 +264,7 @@ def plot_sweep(results: Sequence[dict[str, Any]], path: str) -> None:
             name += f" ({cfg['damping_rule']} damping)"
         if cfg.get("shampoo_graft", "none") != "none" and cfg["optimizer"] == "shampoo":
             name += f" ({cfg['shampoo_graft']} graft)"
+        name += init_label(cfg)
         ax.set_title(f"{name}, {cfg['model']}: best moves {shift} grid steps", fontsize=9)
         ax.set_xlabel("learning rate" if r["over"] == "lr" else "damping ρ")
         ax.set_ylabel(f"train loss after {r['steps']} steps")

@@ -21,21 +21,29 @@ def test_layer_groups_cover_every_parameter():
     assert jax.tree.structure(groups) == jax.tree.structure(params)
 
 
-def test_learned_lr_meta_gradient_matches_finite_differences(x64):
+def _tiny_window(seed, steps, batch):
+    """A float64 one-block LM with learned per-layer Adam rates: ``(names, optimizer_of, loss,
+    (meta, params, state, batches, outer_batch))``."""
     model = DecoderLM(vocab_size=256, width=8, depth=1, heads=2, max_len=8)
-    params = model.init(jax.random.PRNGKey(0), dtype=jnp.float64)
+    params = model.init(jax.random.PRNGKey(seed), dtype=jnp.float64)
     names, groups = layer_groups(params)
     optimizer_of = learned_optimizer(groups)
-    rng = np.random.default_rng(0)
-    batches = jnp.asarray(rng.integers(0, 256, (3, 4, 8)), jnp.int32)  # T=3 steps of 4 sequences
-    outer_batch = jnp.asarray(rng.integers(0, 256, (4, 8)), jnp.int32)
-    # Start mid-training: Adam's state after a few plain steps, not its fresh (sign-like) start.
+    rng = np.random.default_rng(seed)
+    batches = jnp.asarray(rng.integers(0, 256, (steps, batch, 8)), jnp.int32)
+    outer_batch = jnp.asarray(rng.integers(0, 256, (batch, 8)), jnp.int32)
     meta = {"log_lr": jnp.log(jnp.array([3e-3, 1e-2, 5e-3, 2e-2], jnp.float64))}
     state = optimizer_of(meta).init(params)
 
     def loss(p, _, tokens):
         return jnp.mean(model.sequence_losses(p, tokens))
 
+    return names, optimizer_of, loss, (meta, params, state, batches, outer_batch)
+
+
+def test_learned_lr_meta_gradient_matches_finite_differences(x64):
+    # T=3 steps of 4 sequences.
+    names, optimizer_of, loss, (meta, params, state, batches, outer_batch) = _tiny_window(0, 3, 4)
+    # Start mid-training: Adam's state after a few plain steps, not its fresh (sign-like) start.
     window = jax.jit(window_value_and_grad(loss, loss, optimizer_of, mode="mixflow"))
     warm = window(meta, params, state, batches, outer_batch)
     params, state = warm.params, warm.inner_state
@@ -62,20 +70,7 @@ def test_lr_config_errors():
 def test_auto_mode_with_a_memory_budget_gives_the_mixflow_meta_gradient(x64):
     # "auto" chooses a mode and a checkpoint schedule that fit the budget: the numbers must not
     # change (float64, so agreement is to rounding of different but exact programs).
-    model = DecoderLM(vocab_size=256, width=8, depth=1, heads=2, max_len=8)
-    params = model.init(jax.random.PRNGKey(1), dtype=jnp.float64)
-    _, groups = layer_groups(params)
-    optimizer_of = learned_optimizer(groups)
-    rng = np.random.default_rng(1)
-    batches = jnp.asarray(rng.integers(0, 256, (4, 2, 8)), jnp.int32)
-    outer_batch = jnp.asarray(rng.integers(0, 256, (2, 8)), jnp.int32)
-    meta = {"log_lr": jnp.log(jnp.array([3e-3, 1e-2, 5e-3, 2e-2], jnp.float64))}
-    state = optimizer_of(meta).init(params)
-
-    def loss(p, _, tokens):
-        return jnp.mean(model.sequence_losses(p, tokens))
-
-    args = (meta, params, state, batches, outer_batch)
+    _, optimizer_of, loss, args = _tiny_window(1, 4, 2)
     reference = window_value_and_grad(loss, loss, optimizer_of, mode="mixflow")(*args)
     auto = window_value_and_grad(loss, loss, optimizer_of, mode="auto", memory_budget=2**30)
     result = auto(*args)

@@ -22,6 +22,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
 
     python benchmarks/fewshot_imaml_5way1shot.py            # train, evaluate, memory
     python benchmarks/fewshot_imaml_5way1shot.py --memory   # memory only
+    python benchmarks/fewshot_imaml_5way1shot.py --lambda1  # the λ = 1, momentum 0.7 run
 
 Writes ``results/fewshot/glyphs_5w1s_imaml/`` (train.json, eval_test_q15.json, memory.json) and
 copies the training curve to ``docs/images/fewshot_train_5w1s_imaml.png``.
@@ -83,13 +84,31 @@ def memory_vs_steps(ks: tuple[int, ...] = (5, 20, 50)) -> dict[str, dict[str, di
     return out
 
 
+# The weaker proximal term of docs/implicit.md ("What was tried"): λ = 1, momentum 0.7.
+RUN_LAM1 = "results/fewshot/glyphs_5w1s_imaml_lam1"
+TRAIN_LAM1 = [
+    RUN_LAM1 if a == RUN else f"{RUN_LAM1}/train.json" if a == f"{RUN}/train.json" else a
+    for a in TRAIN
+]
+for flag, value in (("--proximal", "1"), ("--inner-momentum", "0.7")):
+    TRAIN_LAM1[TRAIN_LAM1.index(flag) + 1] = value
+
+
+def evaluate(run_folder: str) -> None:
+    run(["fewshot", "eval", "--out", run_folder, "--tasks", "600", "--queries", "15",
+         "--json", f"{run_folder}/eval_test_q15.json"])  # fmt: skip
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--memory"]:
         print(json.dumps(memory_vs_steps(), indent=1))
         sys.exit(0)
+    if sys.argv[1:] == ["--lambda1"]:
+        run(TRAIN_LAM1)
+        evaluate(RUN_LAM1)
+        sys.exit(0)
     run(TRAIN)
     shutil.copy(f"{RUN}/curve.png", "docs/images/fewshot_train_5w1s_imaml.png")
-    run(["fewshot", "eval", "--out", RUN, "--tasks", "600", "--queries", "15",
-         "--json", f"{RUN}/eval_test_q15.json"])  # fmt: skip
+    evaluate(RUN)
     memory = memory_vs_steps()
     Path(RUN, "memory.json").write_text(json.dumps(memory, indent=1))

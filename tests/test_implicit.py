@@ -257,12 +257,17 @@ def test_errors_name_the_argument():
         make_algorithm("maml", method="implicit")
     with pytest.raises(ValueError, match="a fixed learning rate"):
         make_algorithm("imaml", learned_lr="per_parameter")
+    with pytest.raises(ValueError, match="cg_damping applies to method='implicit' only"):
+        make_algorithm("maml", cg_damping=1.0)
+    with pytest.raises(ValueError, match="cg_damping must be a finite number >= 0"):
+        make_algorithm("imaml", cg_damping=-1.0)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.5])
-def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum):
+@pytest.mark.parametrize("momentum, damping", [(0.0, 0.0), (0.5, 0.0), (0.0, 3.0)])
+def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
     """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64), whatever
-    inner optimiser reached θ* (plain gradient descent or heavy-ball momentum)."""
+    inner optimiser reached θ* (plain gradient descent or heavy-ball momentum); with the ridge δ
+    of ``cg_damping``, λ (H + (λ + δ) I)⁻¹."""
     model = MLP((5, 6, 3), activation="tanh")
     params = model.init(jax.random.PRNGKey(0), jnp.float64)
     key1, key2 = jax.random.split(jax.random.PRNGKey(1))
@@ -274,7 +279,13 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum):
     )
     lam = 2.0
     alg = make_algorithm(
-        "imaml", steps=300, inner_lr=0.2, proximal=lam, cg_steps=100, inner_momentum=momentum
+        "imaml",
+        steps=300,
+        inner_lr=0.2,
+        proximal=lam,
+        cg_steps=100,
+        cg_damping=damping,
+        inner_momentum=momentum,
     )
     meta = alg.init_meta(params)
     got = jax.jit(jax.grad(lambda m: adapt_task(model, alg, m, task).loss))(meta)
@@ -291,8 +302,8 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum):
     g_prox = jax.grad(support)(theta) + lam * (theta - jax.flatten_util.ravel_pytree(params)[0])
     assert float(jnp.linalg.norm(g_prox)) < 1e-9  # the inner problem is solved
     h = jax.hessian(support)(theta)
-    want = np.linalg.solve(
-        np.eye(theta.size) + np.asarray(h) / lam, np.asarray(jax.grad(query)(theta))
+    want = lam * np.linalg.solve(
+        np.asarray(h) + (lam + damping) * np.eye(theta.size), np.asarray(jax.grad(query)(theta))
     )
     got_flat = np.asarray(jax.flatten_util.ravel_pytree(got["params"])[0])
     assert np.linalg.norm(got_flat - want) / np.linalg.norm(want) < 1e-8
@@ -385,3 +396,30 @@ def test_imaml_refuses_lambda_patterns():
     task = (jnp.zeros((3, 5)), jnp.arange(3), jnp.zeros((3, 5)), jnp.arange(3))
     with pytest.raises(ValueError, match="imaml \\(method='implicit'\\) adapts every layer"):
         adapt_task(model, alg, meta, task, pattern=Pattern.parse("01/11"))
+
+
+def test_imaml_at_test_time_with_lambda_zero_is_plain_fine_tuning(x64):
+    """``fewshot eval --proximal 0``: iMAML's test-time adaptation without the proximal term is
+    the unrolled inner loop of MAML with the same steps, learning rate and momentum; with the
+    run's λ it is the algorithm itself."""
+    from metagrad.fewshot.algorithms import at_test_time
+
+    model = MLP((5, 6, 3), activation="tanh")
+    params = model.init(jax.random.PRNGKey(0), jnp.float64)
+    key1, key2 = jax.random.split(jax.random.PRNGKey(1))
+    task = (
+        jax.random.normal(key1, (6, 5), jnp.float64),
+        jnp.arange(6) % 3,
+        jax.random.normal(key2, (6, 5), jnp.float64),
+        jnp.arange(6) % 3,
+    )
+    imaml = make_algorithm("imaml", steps=7, inner_lr=0.2, inner_momentum=0.5, cg_damping=1.0)
+    assert at_test_time(imaml) is imaml
+    test_time = at_test_time(imaml, proximal=0.0)
+    assert (test_time.proximal, test_time.method, test_time.cg_damping) == (0.0, "unroll", 0.0)
+    maml = make_algorithm("maml", steps=7, inner_lr=0.2, inner_momentum=0.5)
+    got = adapt_task(model, test_time, test_time.init_meta(params), task)
+    want = adapt_task(model, maml, maml.init_meta(params), task)
+    np.testing.assert_allclose(float(got.loss), float(want.loss), rtol=1e-12)
+    proximal = adapt_task(model, imaml, imaml.init_meta(params), task)
+    assert abs(float(proximal.loss) - float(want.loss)) > 1e-6  # λ = 2 pulls towards θ₀

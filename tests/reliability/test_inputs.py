@@ -42,6 +42,7 @@ def test_bad_numbers_are_refused_when_parsed(command, flag, value, cli_error):
     "flag, value, what",
     [("--proximal", "-1", "a finite number >= 0"), ("--proximal", "nan", "a finite number >= 0"),
      ("--cg-steps", "0", "a positive integer"), ("--cg-steps", "2.5", "a positive integer"),
+     ("--cg-damping", "-1", "a finite number >= 0"),
      ("--inner-momentum", "1", "a number >= 0 and < 1"),
      ("--inner-momentum", "-0.1", "a number >= 0 and < 1"),
      ("--inner-momentum", "inf", "a number >= 0 and < 1")],
@@ -55,6 +56,8 @@ def test_inner_loop_flags_are_refused_when_parsed(flag, value, what, cli_error):
     "argv, message",
     [(["--algorithm", "maml", "--cg-steps", "3"],
       "--cg-steps applies to the implicit meta-gradient (algorithm 'imaml') only"),
+     (["--algorithm", "maml", "--cg-damping", "1"],
+      "--cg-damping applies to the implicit meta-gradient (algorithm 'imaml') only"),
      (["--algorithm", "imaml", "--proximal", "0"], "--proximal must be > 0 for algorithm='imaml'"),
      (["--algorithm", "mamlpp", "--inner-momentum", "0.5"],
       "--inner-momentum needs a fixed inner learning rate; algorithm='mamlpp'")],
@@ -92,6 +95,11 @@ def test_output_paths_are_checked_before_any_work(tmp_path, cli_error):
     said = cli_error(["fewshot", "train", "--out", str(a_file / "run")])
     assert re.search(r"argument --out: .* cannot write to .*is a file, not a folder", said)
     assert a_file.read_text() == "mine"
+
+
+def test_a_negative_test_time_proximal_term_is_refused(tmp_path, cli_error):
+    said = cli_error(["fewshot", "eval", "--out", str(tmp_path), "--proximal", "-1"])
+    assert "argument --proximal: must be a finite number >= 0; got '-1'" in said
 
 
 def test_library_errors_become_one_line(tmp_path, cli_error):

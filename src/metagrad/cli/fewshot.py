@@ -78,6 +78,11 @@ def register(subparsers: Any) -> None:
         help="conjugate-gradient steps of the implicit meta-gradient (imaml only; default 5)",
     )
     t.add_argument(
+        "--cg-damping",
+        type=non_negative_number,
+        help="ridge δ of the implicit system: λ (H + (λ + δ) I)⁻¹ ∇L_query (imaml only; default 0)",
+    )
+    t.add_argument(
         "--inner-momentum",
         type=momentum,
         help="heavy-ball momentum β in [0, 1) of the inner optimiser (default 0: plain SGD; "
@@ -98,6 +103,12 @@ def register(subparsers: Any) -> None:
     e.add_argument("--pattern", help="test-time Lambda pattern")
     e.add_argument(
         "--queries", type=positive_int, help="query examples per class (default: the run's queries)"
+    )
+    e.add_argument(
+        "--proximal",
+        type=non_negative_number,
+        help="test-time λ of the proximal term λ/2 ‖θ − θ₀‖² (default: the run's; 0: plain "
+        "fine-tuning from θ₀, as the iMAML authors evaluate)",
     )
     add_outputs(e)
     s = add_command(
@@ -252,6 +263,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``metagrad fewshot eval``."""
     from metagrad.bench.report import console
     from metagrad.cli.output import write_results
+    from metagrad.fewshot.algorithms import at_test_time
     from metagrad.fewshot.evaluation import evaluate
     from metagrad.fewshot.patterns import Pattern
 
@@ -273,9 +285,10 @@ def run_eval(args: argparse.Namespace) -> int:
     queries = args.queries or config.queries
     steps = args.test_steps or config.test_steps
     _check_fits("eval", getattr(splits, args.split), args.split, config, queries, pattern, model)
+    algorithm = at_test_time(config.make_algorithm(), proximal=args.proximal)
     ev = evaluate(
         model,
-        config.make_algorithm(),
+        algorithm,
         meta,
         getattr(splits, args.split),
         ways=config.ways,
@@ -291,14 +304,18 @@ def run_eval(args: argparse.Namespace) -> int:
         "queries": queries,
         "test_steps": pattern.steps if pattern is not None else (steps or config.steps),
         "pattern": pattern.code if pattern is not None else None,
+        "proximal": algorithm.proximal,
         **ev.as_dict(),
     }
     console.print(
         f"{config.dataset} {config.ways}-way {config.shots}-shot {config.algorithm} "
-        f"({args.split}, {queries} queries/class, {payload['test_steps']} inner steps): "
+        f"({args.split}, {queries} queries/class, {payload['test_steps']} inner steps"
+        + (f", proximal λ = {args.proximal:g}" if args.proximal is not None else "")
+        + "): "
         f"{ev.as_dict()['accuracy_pct']:.2f}% ± {ev.as_dict()['ci95_pct']:.2f}% over {ev.tasks} tasks"
     )
     suffix = "" if pattern is None else "_" + pattern.code.replace("/", "-")
+    suffix += "" if args.proximal is None else f"_proximal{args.proximal:g}"
     write_results(args, f"eval_{args.split}{suffix}.json", payload, quiet=True)
     _report(args.out)
     return 0

@@ -174,7 +174,13 @@ def adapt_task(
             method=algorithm.method,
             implicit=(
                 # exactly cg_steps CG iterations (tol 0), as iMAML
-                ImplicitConfig(solver="cg", maxiter=algorithm.cg_steps, tol=0.0, warn=False)
+                ImplicitConfig(
+                    solver="cg",
+                    maxiter=algorithm.cg_steps,
+                    tol=0.0,
+                    damping=algorithm.cg_damping,
+                    warn=False,
+                )
                 if algorithm.method == "implicit"
                 else None
             ),

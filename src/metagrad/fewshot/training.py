@@ -72,6 +72,8 @@ class TrainConfig:
         algorithm's, 2 for imaml, 0 for the others).
       cg_steps: conjugate-gradient steps of the implicit meta-gradient (None: the algorithm's,
         5); only for an implicit algorithm (imaml).
+      cg_damping: ridge δ ≥ 0 of the implicit system (None: 0; see ``Algorithm.cg_damping``);
+        only for an implicit algorithm (imaml).
       inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser (None: 0, plain
         gradient descent); not for learned learning rates (metasgd, mamlpp).
     """
@@ -99,6 +101,7 @@ class TrainConfig:
     # None: the algorithm's own value. Absent from older checkpoints, which then read as None.
     proximal: float | None = None
     cg_steps: int | None = None
+    cg_damping: float | None = None
     inner_momentum: float | None = None
     memory_budget: int | None = None
 
@@ -130,8 +133,9 @@ class TrainConfig:
         self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
 
     def _check_inner_options(self) -> None:
-        """The inner-loop options (``proximal``, ``cg_steps``, ``inner_momentum``): their values,
-        and whether the algorithm has any use for them (errors start with the field's name)."""
+        """The inner-loop options (``proximal``, ``cg_steps``, ``cg_damping``, ``inner_momentum``):
+        their values, and whether the algorithm has any use for them (errors start with the
+        field's name)."""
         base = make_algorithm(self.algorithm)
         if self.proximal is not None:
             value = self.proximal
@@ -151,6 +155,15 @@ class TrainConfig:
                     f"cg_steps applies to the implicit meta-gradient (algorithm 'imaml') only; "
                     f"algorithm={self.algorithm!r} differentiates its inner steps."
                 )
+        if self.cg_damping is not None:
+            value = self.cg_damping
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"cg_damping must be a finite number >= 0; got {value!r}.")
+            if base.method != "implicit":
+                raise ValueError(
+                    f"cg_damping applies to the implicit meta-gradient (algorithm 'imaml') "
+                    f"only; algorithm={self.algorithm!r} differentiates its inner steps."
+                )
         if self.inner_momentum is not None:
             value = self.inner_momentum
             if not (isinstance(value, int | float) and 0 <= value < 1):
@@ -166,7 +179,7 @@ class TrainConfig:
         pattern = Pattern.parse(self.pattern) if self.pattern else None
         overrides = {
             name: getattr(self, name)
-            for name in ("proximal", "cg_steps", "inner_momentum", "memory_budget")
+            for name in ("proximal", "cg_steps", "cg_damping", "inner_momentum", "memory_budget")
             if getattr(self, name) is not None
         }
         return make_algorithm(

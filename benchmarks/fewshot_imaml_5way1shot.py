@@ -23,6 +23,12 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py            # train, evaluate, memory
     python benchmarks/fewshot_imaml_5way1shot.py --memory   # memory only
     python benchmarks/fewshot_imaml_5way1shot.py --lambda1  # the λ = 1, momentum 0.7 run
+    python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
+
+After training, the test-time λ of the proximal term is chosen on the validation split among
+2 (training's), 1, 0.5 and 0 (the iMAML authors' evaluation: plain fine-tuning from θ₀; their
+``measure_accuracy.py`` runs with ``--lam 0.0``), then the test split is evaluated with it
+(``test_proximal.json``, copied to ``docs/results/fewshot_imaml_test_proximal.json``).
 
 Writes ``results/fewshot/glyphs_5w1s_imaml/`` (train.json, eval_test_q15.json, memory.json) and
 copies the training curve to ``docs/images/fewshot_train_5w1s_imaml.png``.
@@ -94,9 +100,41 @@ for flag, value in (("--proximal", "1"), ("--inner-momentum", "0.7")):
     TRAIN_LAM1[TRAIN_LAM1.index(flag) + 1] = value
 
 
-def evaluate(run_folder: str) -> None:
-    run(["fewshot", "eval", "--out", run_folder, "--tasks", "600", "--queries", "15",
-         "--json", f"{run_folder}/eval_test_q15.json"])  # fmt: skip
+def evaluate(run_folder: str, proximal: float | None = None, split: str = "test") -> dict:
+    """Accuracy and 95% interval (%) on 600 tasks of ``split`` with 15 queries per class;
+    ``proximal``: the test-time λ (None: the run's)."""
+    name = f"eval_{split}_q15" + ("" if proximal is None else f"_proximal{proximal:g}")
+    argv = ["fewshot", "eval", "--out", run_folder, "--split", split, "--tasks", "600",
+            "--queries", "15", "--json", f"{run_folder}/{name}.json"]  # fmt: skip
+    run(argv + ([] if proximal is None else ["--proximal", str(proximal)]))
+    result = json.loads(Path(run_folder, f"{name}.json").read_text())
+    return {key: result[key] for key in ("accuracy_pct", "ci95_pct", "proximal")}
+
+
+# Test-time λ candidates: the training value 2, weaker, and 0 (the iMAML authors' evaluation,
+# plain fine-tuning from θ₀). Chosen on the validation split, then reported on the test split.
+TEST_PROXIMAL = (2.0, 1.0, 0.5, 0.0)
+
+
+def select_test_proximal(run_folder: str) -> None:
+    val = {lam: evaluate(run_folder, lam, split="val") for lam in TEST_PROXIMAL}
+    best = max(val, key=lambda lam: val[lam]["accuracy_pct"])
+    summary = {
+        "run": f"{run_folder} (benchmarks/fewshot_imaml_5way1shot.py)",
+        "dtype": "float32",
+        "tasks": 600,
+        "queries_per_class": 15,
+        "val": {f"{lam:g}": v for lam, v in val.items()},
+        "chosen": best,
+        "test_run_lambda": evaluate(run_folder),
+        "test_chosen": evaluate(run_folder, best),
+    }
+    for path in (Path(run_folder, "test_proximal.json"), Path(DOCS_JSON)):
+        path.write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+DOCS_JSON = "docs/results/fewshot_imaml_test_proximal.json"
 
 
 if __name__ == "__main__":
@@ -107,8 +145,12 @@ if __name__ == "__main__":
         run(TRAIN_LAM1)
         evaluate(RUN_LAM1)
         sys.exit(0)
+    if sys.argv[1:] == ["--test-proximal"]:  # on a trained run: the test-time λ only
+        select_test_proximal(RUN)
+        sys.exit(0)
     run(TRAIN)
     shutil.copy(f"{RUN}/curve.png", "docs/images/fewshot_train_5w1s_imaml.png")
     evaluate(RUN)
+    select_test_proximal(RUN)  # also writes DOCS_JSON
     memory = memory_vs_steps()
     Path(RUN, "memory.json").write_text(json.dumps(memory, indent=1))

@@ -76,7 +76,7 @@ class Algorithm:
       cg_damping: ridge δ ≥ 0 added to the implicit system: the meta-gradient becomes
         ``λ (H + (λ + δ) I)⁻¹ ∇L_query`` (``ImplicitConfig.damping``). The iMAML authors' code
         solves with such a ridge (its ``cg_damping``: ``(2I + H/(λ + 10)) x = g``, the same as
-        δ = 2λ + 20 here up to a scale), which weights curvature less: a biased, better-conditioned
+        δ = λ + 20 here up to a scale), which weights curvature less: a biased, better-conditioned
         meta-gradient between iMAML's (δ = 0) and first-order MAML's (δ → ∞). Implicit only.
       inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser
         (``optax.sgd(inner_lr, momentum=β)``); 0: plain gradient descent (MAML's). Only with a

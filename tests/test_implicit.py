@@ -263,11 +263,8 @@ def test_errors_name_the_argument():
         make_algorithm("imaml", cg_damping=-1.0)
 
 
-@pytest.mark.parametrize("momentum, damping", [(0.0, 0.0), (0.5, 0.0), (0.0, 3.0)])
-def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
-    """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64), whatever
-    inner optimiser reached θ* (plain gradient descent or heavy-ball momentum); with the ridge δ
-    of ``cg_damping``, λ (H + (λ + δ) I)⁻¹."""
+def _tiny_task():
+    """A tanh MLP 5-6-3 in float64 and one 3-way task of 6 support and 6 query examples."""
     model = MLP((5, 6, 3), activation="tanh")
     params = model.init(jax.random.PRNGKey(0), jnp.float64)
     key1, key2 = jax.random.split(jax.random.PRNGKey(1))
@@ -277,6 +274,15 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
         jax.random.normal(key2, (6, 5), jnp.float64),
         jnp.arange(6) % 3,
     )
+    return model, params, task
+
+
+@pytest.mark.parametrize("momentum, damping", [(0.0, 0.0), (0.5, 0.0), (0.0, 3.0)])
+def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
+    """iMAML: dθ*/dθ₀ = (I + H/λ)⁻¹, H the support-loss Hessian at θ* (dense, float64), whatever
+    inner optimiser reached θ* (plain gradient descent or heavy-ball momentum); with the ridge δ
+    of ``cg_damping``, λ (H + (λ + δ) I)⁻¹."""
+    model, params, task = _tiny_task()
     lam = 2.0
     alg = make_algorithm(
         "imaml",
@@ -312,11 +318,8 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
 def test_inner_momentum_solves_the_proximal_problem_in_fewer_steps(x64):
     """Heavy-ball momentum reaches the inner minimum that plain GD approaches slowly (the implicit
     meta-gradient assumes it is reached)."""
-    model = MLP((5, 6, 3), activation="tanh")
-    params = model.init(jax.random.PRNGKey(0), jnp.float64)
-    key1, key2 = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.normal(key1, (6, 5), jnp.float64)
-    task = (x, jnp.arange(6) % 3, jax.random.normal(key2, (6, 5), jnp.float64), jnp.arange(6) % 3)
+    model, params, task = _tiny_task()
+    x = task[0]
     theta0 = jax.flatten_util.ravel_pytree(params)[0]
 
     def residual(momentum):
@@ -404,15 +407,7 @@ def test_imaml_at_test_time_with_lambda_zero_is_plain_fine_tuning(x64):
     run's λ it is the algorithm itself."""
     from metagrad.fewshot.algorithms import at_test_time
 
-    model = MLP((5, 6, 3), activation="tanh")
-    params = model.init(jax.random.PRNGKey(0), jnp.float64)
-    key1, key2 = jax.random.split(jax.random.PRNGKey(1))
-    task = (
-        jax.random.normal(key1, (6, 5), jnp.float64),
-        jnp.arange(6) % 3,
-        jax.random.normal(key2, (6, 5), jnp.float64),
-        jnp.arange(6) % 3,
-    )
+    model, params, task = _tiny_task()
     imaml = make_algorithm("imaml", steps=7, inner_lr=0.2, inner_momentum=0.5, cg_damping=1.0)
     assert at_test_time(imaml) is imaml
     test_time = at_test_time(imaml, proximal=0.0)

@@ -147,22 +147,18 @@ class TrainConfig:
                     "meta-gradient: without the proximal term the adapted parameters do not "
                     f"depend on θ₀); got {value!r}."
                 )
-        if self.cg_steps is not None:
-            if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
-                raise ValueError(f"cg_steps must be a positive int; got {self.cg_steps!r}.")
-            if base.method != "implicit":
+        if self.cg_steps is not None and (not isinstance(self.cg_steps, int) or self.cg_steps < 1):
+            raise ValueError(f"cg_steps must be a positive int; got {self.cg_steps!r}.")
+        damping = self.cg_damping
+        if damping is not None and not (
+            isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0
+        ):
+            raise ValueError(f"cg_damping must be a finite number >= 0; got {damping!r}.")
+        for name in ("cg_steps", "cg_damping"):  # options of the implicit solve only
+            if getattr(self, name) is not None and base.method != "implicit":
                 raise ValueError(
-                    f"cg_steps applies to the implicit meta-gradient (algorithm 'imaml') only; "
+                    f"{name} applies to the implicit meta-gradient (algorithm 'imaml') only; "
                     f"algorithm={self.algorithm!r} differentiates its inner steps."
-                )
-        if self.cg_damping is not None:
-            value = self.cg_damping
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"cg_damping must be a finite number >= 0; got {value!r}.")
-            if base.method != "implicit":
-                raise ValueError(
-                    f"cg_damping applies to the implicit meta-gradient (algorithm 'imaml') "
-                    f"only; algorithm={self.algorithm!r} differentiates its inner steps."
                 )
         if self.inner_momentum is not None:
             value = self.inner_momentum

@@ -40,6 +40,9 @@ RUNS = {
     "kfac": (2.0**-8, {}),
     "adam": (2.0**-7, {}),
     "shampoo": (2.0**-4, {"refresh": 1}),
+    # Textbook μP (SGD, Yang & Hu 2021), no sweep: a stable rate at the base width. The control:
+    # its random read-out shows the same shrinking feature term as K-FAC's.
+    "sgd": (0.5, {}),
 }
 TERMS = ("total", "readout", "feature")
 

@@ -30,7 +30,7 @@ def _problem(n=8, seed=0):
     return params, x, y
 
 
-def _explicit(stats, grads, i, damping, rule):
+def _explicit(stats, grads, i, damping, rule, floor=0.0):
     """(A + ρ_A I)^-1 ∇W (B + ρ_B I)^-1 with A, B and ρ computed from scratch in numpy."""
     layer = stats.layers[i]
     a = np.asarray(layer.input_rows(stats.inputs[i]))
@@ -39,7 +39,7 @@ def _explicit(stats, grads, i, damping, rule):
     B = d.T @ d / len(d)
     s = np.sqrt(damping)
     if rule == "trace":
-        ra, rb = s * np.trace(A), s * np.trace(B)
+        ra, rb = s * np.trace(A), s * max(np.trace(B), floor)
     elif rule == "pi":
         pi = np.sqrt((np.trace(A) / len(A)) / (np.trace(B) / len(B)))
         ra, rb = s * pi, s / pi
@@ -63,6 +63,52 @@ def test_update_equals_explicit_damped_kronecker_solve(x64, rule):
         np.testing.assert_allclose(updates[i]["w"], w, rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(updates[i]["b"], b, rtol=1e-8, atol=1e-12)
     assert int(state.count) == 1 and int(state.stats_count) == 1
+
+
+def _b_traces(stats):
+    traces = []
+    for i, layer in enumerate(stats.layers):
+        d = np.asarray(layer.output_rows(stats.output_grads[i])) * stats.num_examples
+        traces.append(float(np.sum(d * d) / len(d)))
+    return traces
+
+
+def test_trace_floor_of_b_equals_explicit_solve(x64):
+    """ρ_B = √ρ max(tr B, floor): one layer below its floor, one above, one without."""
+    params, x, y = _problem()
+    layers = find_layers(loss, params, x, y)
+    _, grads, stats = jax.jit(capture(loss))(params, x, y)
+    tr_b = _b_traces(stats)
+    floors = {layers[1].name: 5.0 * tr_b[1], layers[2].name: 0.5 * tr_b[2]}
+    opt = kfac(layers, damping=1e-2, b_trace_floor=floors, decay=0.0, inverse_method="eigh")
+    updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, curvature=stats)
+    for i in range(3):
+        w, b = _explicit(stats, grads, i, 1e-2, "trace", floors.get(layers[i].name, 0.0))
+        np.testing.assert_allclose(updates[i]["w"], w, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(updates[i]["b"], b, rtol=1e-8, atol=1e-12)
+    w_plain, _ = _explicit(stats, grads, 1, 1e-2, "trace")
+    assert not np.allclose(updates[1]["w"], w_plain)  # the floor was active there
+
+
+def test_trace_floor_makes_a_small_backward_signal_give_a_small_update(x64):
+    """Under the plain trace rule K-FAC's update is of degree -1 in the backward signal: a
+    read-out 10x smaller makes the layers below move 10x *more* (from a zero read-out they blow
+    up). With a floor above tr(B) the update is of degree +1 there, like SGD's."""
+    params, x, y = _problem()
+    layers = find_layers(loss, params, x, y)
+
+    def hidden_update(scale, floor):
+        p = [dict(layer) for layer in params]
+        p[2] = {"w": params[2]["w"] * scale, "b": params[2]["b"]}
+        _, grads, stats = capture(loss)(p, x, y)
+        opt = kfac(layers, damping=1e-2, b_trace_floor=floor, decay=0.0, inverse_method="eigh")
+        updates, _ = opt.update(grads, opt.init(p), p, curvature=stats)
+        return float(jnp.linalg.norm(updates[0]["w"]))
+
+    plain = hidden_update(1e-3, 0.0) / hidden_update(1e-2, 0.0)
+    floored = hidden_update(1e-3, 100.0) / hidden_update(1e-2, 100.0)
+    np.testing.assert_allclose(plain, 10.0, rtol=1e-3)
+    np.testing.assert_allclose(floored, 0.1, rtol=1e-3)
 
 
 def test_moving_average_and_refresh_intervals(x64):
@@ -178,6 +224,14 @@ def test_errors_name_the_argument(x64):
         kfac(layers, damping=0.0)
     with pytest.raises(ValueError, match="unknown layers"):
         kfac(layers, damping_scales={"nope": (1.0, 1.0)})
+    with pytest.raises(ValueError, match="b_trace_floor has entries for unknown layers"):
+        kfac(layers, b_trace_floor={"nope": 1.0})
+    with pytest.raises(ValueError, match="b_trace_floor must be finite and >= 0"):
+        kfac(layers, b_trace_floor=-1.0)
+    with pytest.raises(ValueError, match="b_trace_floor is an option of the 'trace' damping"):
+        kfac(layers, damping_rule="pi", b_trace_floor=1e-3)
+    with pytest.raises(TypeError, match="b_trace_floor must be a number"):
+        kfac(layers, b_trace_floor="1e-3")
     opt = kfac(layers)
     state = opt.init(params)
     _, grads, stats = capture(loss)(params, x, y)

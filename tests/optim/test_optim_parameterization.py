@@ -14,6 +14,7 @@ from metagrad.optim import (
     exponents,
     find_layers,
     init_multipliers,
+    kfac_b_trace_floors,
     kfac_damping_scales,
     lr_multipliers,
     make_optimizer,
@@ -112,6 +113,13 @@ def test_damping_and_eps_width_scaling():
     # ρ_A ∝ fan_in (Θ(1) input, Θ(M) hidden/output), ρ_B ∝ 1/fan_out (Θ(1/M) in/hid, Θ(1) out).
     assert scales == {"0/w": (1.0, 0.25), "1/w": (4.0, 0.25), "2/w": (4.0, 1.0)}
     assert set(kfac_damping_scales(s, layers, "sp").values()) == {(1.0, 1.0)}
+    # The floor of tr(B) follows tr(B) = E‖δ‖²: ∝ 1/fan_out under μP, unscaled under SP.
+    assert kfac_b_trace_floors(s, layers, 1e-3, "mup") == {
+        "0/w": 2.5e-4,
+        "1/w": 2.5e-4,
+        "2/w": 1e-3,
+    }
+    assert set(kfac_b_trace_floors(s, layers, 1e-3, "sp").values()) == {1e-3}
     eps = shampoo_eps_scales(s, "mup")
     assert (eps[0]["w"], eps[1]["w"], eps[2]["w"]) == (0.25, 1.0, 4.0)
     assert eps[0]["b"] == 1 / 16

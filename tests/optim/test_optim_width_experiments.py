@@ -98,6 +98,12 @@ def test_sweep_and_config_errors(task):
         WidthConfig(optimizer="lamb")
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         WidthConfig(batch_size=0)
+    with pytest.raises(ValueError, match="b_trace_floor must be finite and >= 0"):
+        WidthConfig(b_trace_floor=-1e-3)
+    # The floor is μP K-FAC's (trace rule): SP and the other rules keep the plain damping.
+    assert WidthConfig(b_trace_floor=1e-3).optimizer_kwargs()["b_trace_floor"] == 1e-3
+    for other in ({"param": "sp"}, {"damping_rule": "pi"}):
+        assert WidthConfig(b_trace_floor=1e-3, **other).optimizer_kwargs()["b_trace_floor"] == 0.0
     with pytest.raises(ValueError, match="at least two widths"):
         coord_check(WidthConfig(**TINY), [4], task, lr=0.1)
     with pytest.raises(ValueError, match="name must be one of"):
@@ -146,6 +152,8 @@ def test_cli_parsers_reject_bad_input():
     with pytest.raises(SystemExit, match="--over damping needs --optimizer kfac"):
         args.func(args)
     assert _parser().parse_args(["width", "coord-check", "--lr", "2^-9"]).lr == 2.0**-9
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["width", "coord-check", "--b-trace-floor", "-1"])
     for bad in ("2^-x", "-0.1"):
         with pytest.raises(SystemExit):
             _parser().parse_args(["width", "coord-check", f"--lr={bad}"])

@@ -182,6 +182,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="μP runs only (SP keeps its init): the read-out weights start at zero",
     )
     p.add_argument(
+        "--b-trace-floor",
+        type=non_negative_number,
+        default=0.0,
+        help="μP K-FAC, trace rule: the smallest tr(B) of the damping at the base width "
+        "(scaled 1/fan_out_mult per layer); what lets K-FAC start from --zero-readout (default 0)",
+    )
+    p.add_argument(
         "--zero-query",
         action="store_true",
         help="μP runs of --model lm only: every query projection starts at zero",

@@ -9,6 +9,7 @@ an argument of the compiled function, so a learning-rate grid costs one compilat
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,10 @@ class WidthConfig:
         read-out weights start at zero (:func:`metagrad.optim.scale_init`).
       zero_query: μP only, LM only: every block's query projection starts at zero
         (:meth:`metagrad.models.DecoderLM.zero_query`).
+      b_trace_floor: μP K-FAC with the trace rule only (ignored otherwise, as the command line
+        applies it to every run of a sweep; SP keeps the plain rule): the smallest
+        ``tr(B)`` of the damping at the base width, scaled ``∝ 1 / fan_out_mult`` per layer
+        (:func:`metagrad.optim.kfac_b_trace_floors`); what lets K-FAC start from a zero read-out.
     """
 
     optimizer: str = "kfac"
@@ -88,6 +93,7 @@ class WidthConfig:
     block_size: int = 1024
     zero_readout: bool = False
     zero_query: bool = False
+    b_trace_floor: float = 0.0
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -103,6 +109,10 @@ class WidthConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"WidthConfig: {name} must be a positive int; got {v!r}.")
+        if not (math.isfinite(self.b_trace_floor) and self.b_trace_floor >= 0.0):
+            raise ValueError(
+                f"WidthConfig: b_trace_floor must be finite and >= 0; got {self.b_trace_floor!r}."
+            )
         if self.zero_query and self.model != "lm":
             raise ValueError(
                 f"WidthConfig: zero_query needs the lm model (attention); got model={self.model!r}."
@@ -116,6 +126,9 @@ class WidthConfig:
                 "damping_rule": self.damping_rule,
                 "inverse_every": self.refresh,
                 "stats_every": self.stats_every,
+                "b_trace_floor": self.b_trace_floor
+                if self.param == "mup" and self.damping_rule == "trace"
+                else 0.0,
             }
         if self.optimizer == "shampoo":
             return {

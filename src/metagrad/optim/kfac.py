@@ -24,7 +24,10 @@ Damping rules (``ρ`` is the ``damping`` argument; every rule splits it as ``√
 * ``"trace"``: ``ρ_A = √ρ tr(A)``, ``ρ_B = √ρ tr(B)``. The trace grows like the factor's non-zero
   eigenvalues (``∝ fan_in`` for ``A`` of a layer with a wide input, ``∝ 1/width`` for ``B`` of a
   layer below a μP read-out), so the damping keeps the same size *relative to the curvature* at
-  every width and in every layer, which is what the μP analysis asks for.
+  every width and in every layer, which is what the μP analysis asks for. With ``b_trace_floor``,
+  ``ρ_B = √ρ max(tr(B), floor)``: a layer whose backward signal starts at zero (every layer
+  below a zero-initialised read-out) is then damped like one below a random read-out instead of
+  being blown up by a near-zero ``B`` (the update is of degree -1 in the backward signal).
 * ``"pi"``: Martens & Grosse's factored Tikhonov damping, ``π = sqrt((tr A / d_A) / (tr B / d_B))``,
   ``ρ_A = π √ρ``, ``ρ_B = √ρ / π``. It balances the two factors but keeps ``ρ_A ρ_B = ρ`` fixed,
   which is right for hidden layers only: at the input layer ``ρ_A`` grows like ``width`` while
@@ -43,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -90,6 +94,7 @@ def factor_damping(
     rule: str = "trace",
     scale_a: float = 1.0,
     scale_b: float = 1.0,
+    b_trace_floor: float = 0.0,
 ) -> tuple[Array, Array]:
     """The per-factor damping ``(ρ_A, ρ_B)`` of one layer under a damping rule.
 
@@ -100,6 +105,7 @@ def factor_damping(
       rule: ``"trace"``, ``"pi"`` or ``"absolute"`` (see the module docstring).
       scale_a: extra multiplier of ``ρ_A`` (width scaling of the μP parameterisation).
       scale_b: extra multiplier of ``ρ_B``.
+      b_trace_floor: ``"trace"`` rule only: the smallest ``tr(B)`` used for ``ρ_B``.
 
     Returns:
       ``(ρ_A, ρ_B)`` as scalars of the factors' dtype.
@@ -118,7 +124,7 @@ def factor_damping(
     tr_a = jnp.trace(a)
     tr_b = jnp.trace(b)
     if rule == "trace":
-        rho_a, rho_b = root * tr_a, root * tr_b
+        rho_a, rho_b = root * tr_a, root * jnp.maximum(tr_b, b_trace_floor)
     elif rule == "pi":
         mean_a = tr_a / a.shape[0]
         mean_b = tr_b / b.shape[0]
@@ -141,6 +147,35 @@ def _check_layers(layers: Any) -> Layers:
     return tuple(layers)
 
 
+def _b_trace_floors(
+    floor: float | Mapping[str, float], names: tuple[str, ...], rule: str
+) -> tuple[float, ...]:
+    """Per-layer floors of ``tr(B)`` (``kfac``'s ``b_trace_floor``), checked."""
+    if isinstance(floor, Mapping):
+        unknown = sorted(set(floor) - set(names))
+        if unknown:
+            raise ValueError(
+                f"kfac: b_trace_floor has entries for unknown layers {unknown}; the layers are "
+                f"{list(names)}."
+            )
+        values = tuple(float(floor.get(name, 0.0)) for name in names)
+    elif isinstance(floor, int | float) and not isinstance(floor, bool):
+        values = (float(floor),) * len(names)
+    else:
+        raise TypeError(
+            "kfac: b_trace_floor must be a number or a {layer name: number} mapping; got "
+            f"{type(floor).__name__}."
+        )
+    if not all(math.isfinite(v) and v >= 0.0 for v in values):
+        raise ValueError(f"kfac: b_trace_floor must be finite and >= 0; got {floor!r}.")
+    if rule != "trace" and any(values):
+        raise ValueError(
+            f"kfac: b_trace_floor is an option of the 'trace' damping rule; got damping_rule="
+            f"{rule!r}. Remove b_trace_floor or use damping_rule='trace'."
+        )
+    return values
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"kfac: {name} must be a positive int (e.g. 10); got {value!r}.")
@@ -153,6 +188,7 @@ def kfac(
     *,
     damping_rule: str = "trace",
     damping_scales: Mapping[str, tuple[float, float]] | None = None,
+    b_trace_floor: float | Mapping[str, float] = 0.0,
     decay: float = 0.95,
     stats_every: int = 1,
     inverse_every: int = 10,
@@ -167,6 +203,11 @@ def kfac(
       damping_rule: ``"trace"`` (default, width consistent), ``"pi"`` or ``"absolute"``.
       damping_scales: optional per-layer multipliers ``{layer name: (scale_A, scale_B)}`` of the
         damping, e.g. from :func:`metagrad.optim.parameterization.kfac_damping_scales`.
+      b_trace_floor: ``"trace"`` rule only: the smallest ``tr(B)`` the damping uses,
+        ``ρ_B = √ρ max(tr(B), floor)``; one value or ``{layer name: floor}`` (layers not named
+        get 0). For a zero-initialised read-out, whose layers below get no backward signal at
+        first (the μP width scaling of the floor, ``∝ 1 / fan_out_mult``, comes from
+        :func:`metagrad.optim.parameterization.kfac_b_trace_floors`).
       decay: moving-average decay of the factors (bias corrected, so early steps are not biased
         towards zero).
       stats_every: refresh the factors every this many steps.
@@ -225,6 +266,7 @@ def kfac(
             "what you want."
         )
     names = tuple(layer.name for layer in layers)
+    floors = _b_trace_floors(b_trace_floor, names, damping_rule)
     scales = []
     for layer in layers:
         s = (1.0, 1.0)
@@ -310,7 +352,7 @@ def kfac(
                     a_hat = a_fac[i] / correction
                     b_hat = b_fac[i] / correction
                     rho = factor_damping(
-                        a_hat, b_hat, damping, damping_rule, scales[i][0], scales[i][1]
+                        a_hat, b_hat, damping, damping_rule, scales[i][0], scales[i][1], floors[i]
                     )
                     mats.append(a_hat if side == 0 else b_hat)
                     damps.append(rho[side])

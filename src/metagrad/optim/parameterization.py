@@ -486,6 +486,27 @@ def kfac_damping_scales(
     return out
 
 
+def kfac_b_trace_floors(
+    shapes: BaseShapes, layers: Layers, floor: float, param: str = "mup"
+) -> dict[str, float]:
+    """Width scaling ``{layer: floor}`` of K-FAC's ``b_trace_floor`` (the smallest ``tr(B)`` of
+    the trace damping rule), from its value at the base width.
+
+    Under μP ``tr(B) = E‖δ‖²`` of a layer with a wide output shrinks like ``1 / fan_out_mult``
+    (``δ`` has ``fan_out`` coordinates of size ``∝ 1/width`` below a μP read-out), and so does
+    its floor; under SP the floor is ``floor`` everywhere.
+
+    Args:
+      shapes: from :func:`base_shapes`.
+      layers: the preconditioned layers (:func:`metagrad.optim.find_layers`).
+      floor: the floor at the base width (``tr(B)`` of a random μP read-out there is a guide).
+      param: ``"mup"`` or ``"sp"``.
+    """
+    _check_choice("kfac_b_trace_floors", "param", param, PARAMETERIZATIONS)
+    scales = kfac_damping_scales(shapes, layers, param)
+    return {name: float(floor) * scale_b for name, (_, scale_b) in scales.items()}
+
+
 def shampoo_eps_scales(shapes: BaseShapes, param: str = "mup") -> Any:
     """Width scaling of an absolute Shampoo ``ε`` per parameter (a pytree of floats).
 
@@ -599,6 +620,9 @@ def make_optimizer(
             and "damping_scales" not in kwargs
         ):
             kwargs["damping_scales"] = kfac_damping_scales(shapes, layers, param)
+        floor = kwargs.get("b_trace_floor")
+        if shapes is not None and isinstance(floor, int | float) and floor:
+            kwargs["b_trace_floor"] = kfac_b_trace_floors(shapes, layers, floor, param)
         core = kfac(layers, **kwargs)
     else:
         if (

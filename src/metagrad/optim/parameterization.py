@@ -61,10 +61,12 @@ treats it as a matrix like any other 2-D parameter); norm scales are never preco
 (SGD's exponents, or Adam's for Adam). Two μP options for transformers, used by the decoder LM's
 Adam and Shampoo width experiments (docs/width.md): a zero read-out
 (``set_base_shapes(..., zero_readout=True)``, see :func:`scale_init`) and zero queries
-(:meth:`metagrad.models.DecoderLM.zero_query`), as the ``mup`` package recommends. Not for
-K-FAC, whose update is of degree -1 in the backward signal: from a zero read-out its hidden-layer
-updates blow up (and Ishikawa & Karakida show a zero last layer biases K-FAC towards the NNGP
-solution).
+(:meth:`metagrad.models.DecoderLM.zero_query`), as the ``mup`` package recommends. K-FAC's
+update is of degree -1 in the backward signal, so from a zero read-out its hidden-layer updates
+blow up under the plain trace damping; with a floor on ``tr(B)`` in that damping
+(``kfac(..., b_trace_floor=...)``, μP-scaled per layer by :func:`kfac_b_trace_floors`) the
+layers below the read-out are damped as if the read-out were random until it has learned, and
+K-FAC takes the zero read-out too (the decoder LM's K-FAC runs in docs/width.md).
 
 References:
   Yang & Hu, *Feature Learning in Infinite-Width Neural Networks*, ICML 2021.

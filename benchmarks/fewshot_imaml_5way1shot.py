@@ -23,6 +23,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py            # train, evaluate, memory
     python benchmarks/fewshot_imaml_5way1shot.py --memory   # memory only
     python benchmarks/fewshot_imaml_5way1shot.py --lambda1  # the λ = 1, momentum 0.7 run
+    python benchmarks/fewshot_imaml_5way1shot.py --meta-batch16  # meta-batch 16, test-time λ
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among

@@ -147,17 +147,21 @@ def _check_layers(layers: Any) -> Layers:
     return tuple(layers)
 
 
+def _check_known_layers(option: str, per_layer: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    unknown = sorted(set(per_layer) - set(names))
+    if unknown:
+        raise ValueError(
+            f"kfac: {option} has entries for unknown layers {unknown}; the layers are "
+            f"{list(names)}."
+        )
+
+
 def _b_trace_floors(
     floor: float | Mapping[str, float], names: tuple[str, ...], rule: str
 ) -> tuple[float, ...]:
     """Per-layer floors of ``tr(B)`` (``kfac``'s ``b_trace_floor``), checked."""
     if isinstance(floor, Mapping):
-        unknown = sorted(set(floor) - set(names))
-        if unknown:
-            raise ValueError(
-                f"kfac: b_trace_floor has entries for unknown layers {unknown}; the layers are "
-                f"{list(names)}."
-            )
+        _check_known_layers("b_trace_floor", floor, names)
         values = tuple(float(floor.get(name, 0.0)) for name in names)
     elif isinstance(floor, int | float) and not isinstance(floor, bool):
         values = (float(floor),) * len(names)
@@ -274,12 +278,7 @@ def kfac(
             s = tuple(float(v) for v in damping_scales[layer.name])
         scales.append(s)
     if damping_scales is not None:
-        unknown = sorted(set(damping_scales) - set(names))
-        if unknown:
-            raise ValueError(
-                f"kfac: damping_scales has entries for unknown layers {unknown}; the layers are "
-                f"{list(names)}."
-            )
+        _check_known_layers("damping_scales", damping_scales, names)
 
     def init_fn(params: Any) -> KFACState:
         leaves = jax.tree_util.tree_leaves(params)

@@ -503,6 +503,9 @@ def kfac_b_trace_floors(
       layers: the preconditioned layers (:func:`metagrad.optim.find_layers`).
       floor: the floor at the base width (``tr(B)`` of a random μP read-out there is a guide).
       param: ``"mup"`` or ``"sp"``.
+
+    Returns:
+      ``{layer name: floor}`` for :func:`metagrad.optim.kfac`'s ``b_trace_floor``.
     """
     _check_choice("kfac_b_trace_floors", "param", param, PARAMETERIZATIONS)
     scales = kfac_damping_scales(shapes, layers, param)

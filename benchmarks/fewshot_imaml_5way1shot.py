@@ -161,7 +161,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--meta-batch16"]:  # train (or resume), then the test-time λ
         run(TRAIN_MB16)
         shutil.copy(f"{RUN_MB16}/curve.png", "docs/images/fewshot_train_5w1s_imaml_mb16.png")
-        evaluate(RUN_MB16)
         select_test_proximal(RUN_MB16, DOCS_JSON_MB16)
         sys.exit(0)
     if sys.argv[1:] == ["--test-proximal"]:  # on a trained run: the test-time λ only
@@ -169,7 +168,6 @@ if __name__ == "__main__":
         sys.exit(0)
     run(TRAIN)
     shutil.copy(f"{RUN}/curve.png", "docs/images/fewshot_train_5w1s_imaml.png")
-    evaluate(RUN)
     select_test_proximal(RUN, DOCS_JSON)
     memory = memory_vs_steps()
     Path(RUN, "memory.json").write_text(json.dumps(memory, indent=1))

@@ -64,6 +64,41 @@ def test_resume_refuses_another_configuration(tmp_path):
         train(small, tmp_path / "old", splits=splits, show_progress=False)
 
 
+def test_cosine_outer_schedule_decays_to_zero_and_resumes(tmp_path):
+    # Adam's update for a constant gradient is -lr(t) (its normalised moment is 1): the schedule
+    # is read off the updates, lr·(1 + cos(π t / T)) / 2 for t = 0 … T - 1.
+    config = TrainConfig(outer_lr=0.01, outer_lr_schedule="cosine", iterations=4)
+    optimizer = config.outer_optimizer()
+    params = {"w": jax.numpy.zeros(3)}
+    grads = {"w": jax.numpy.ones(3)}
+    state, lrs = optimizer.init(params), []
+    for _ in range(5):
+        updates, state = optimizer.update(grads, state)
+        lrs.append(-float(updates["w"][0]))
+    expected = [0.01 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)] + [0.0]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-4, atol=1e-12)  # Adam in float32
+    # A cosine run killed and resumed writes the uninterrupted run's metrics (the schedule's
+    # position is part of the checkpointed optimiser state), and they differ from a constant rate.
+    splits = _splits()
+    cosine = TrainConfig(**{**CONFIG.__dict__, "outer_lr_schedule": "cosine"})
+    train(cosine, tmp_path / "a", splits=splits, show_progress=False)
+    train(cosine, tmp_path / "b", splits=splits, show_progress=False, stop_after=5)
+    train(cosine, tmp_path / "b", splits=splits, show_progress=False)
+    a = _metrics(tmp_path / "a" / "metrics.jsonl")
+    assert a == _metrics(tmp_path / "b" / "metrics.jsonl")
+    train(CONFIG, tmp_path / "c", splits=splits, show_progress=False)
+    constant = _metrics(tmp_path / "c" / "metrics.jsonl")
+    assert [m["step"] for m in a] == [m["step"] for m in constant]
+    assert a[0]["loss"] == constant[0]["loss"]  # step 1 is before either update
+    assert a[-1]["loss"] != constant[-1]["loss"]
+    # More iterations would change the whole schedule: not an extension of the run.
+    longer = TrainConfig(**{**cosine.__dict__, "iterations": 8})
+    with pytest.raises(ValueError, match="it differs in iterations"):
+        train(longer, tmp_path / "a", splits=splits, show_progress=False)
+    with pytest.raises(ValueError, match="outer_lr_schedule must be one of 'constant', 'cosine'"):
+        TrainConfig(outer_lr_schedule="linear")
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
@@ -74,6 +109,7 @@ def test_resume_refuses_another_configuration(tmp_path):
         (["fewshot", "train", "--pattern", "01x"], "--pattern"),
         (["fewshot", "train", "--pattern", "11111/11111", "--steps", "5"], "--pattern"),
         (["fewshot", "train", "--ways", "0"], "--ways"),
+        (["fewshot", "train", "--outer-lr-schedule", "linear"], "--outer-lr-schedule must be one"),
         (["fewshot", "train", "--dataset", "omniglot"], "--data-root"),
         (["fewshot", "select", "--out", "nowhere", "--threshold", "-1"], "--threshold"),
         (["fewshot", "eval", "--out", "nowhere"], "--out"),

@@ -83,6 +83,10 @@ def register(subparsers: Any) -> None:
         help="ridge δ of the implicit system: λ (H + (λ + δ) I)⁻¹ ∇L_query (imaml only; default 0)",
     )
     t.add_argument(
+        "--outer-lr-schedule",
+        help="constant (default) or cosine: --outer-lr decayed to 0 over --iterations",
+    )
+    t.add_argument(
         "--inner-momentum",
         type=momentum,
         help="heavy-ball momentum β in [0, 1) of the inner optimiser (default 0: plain SGD; "

@@ -44,6 +44,7 @@ from metagrad.runs import CHECKPOINTS, METRICS, MetricsLog, read_metrics, start_
 from metagrad.validation import require_one_of
 
 DATASETS: tuple[str, ...] = ("glyphs", "omniglot", "miniimagenet")
+OUTER_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,11 @@ class TrainConfig:
       pattern: a Lambda pattern code (``"00001/11111"``) used during meta-training, or None.
       inner_lr: inner learning rate (initial value when learned).
       outer_lr: Adam learning rate of the meta-parameters (1e-3 as in MAML).
+      outer_lr_schedule: ``"constant"`` (MAML's) or ``"cosine"``: ``outer_lr`` decayed to 0
+        over ``iterations`` along a half cosine (Loshchilov & Hutter, ICLR 2017), so that the
+        final meta-parameters come from small steps rather than from wherever the last large
+        step left them. A cosine run cannot be extended with more iterations (its schedule
+        depends on them).
       meta_batch: tasks per meta-step.
       iterations: meta-steps.
       seed: seed of parameters and episodes.
@@ -90,6 +96,7 @@ class TrainConfig:
     pattern: str | None = None
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
+    outer_lr_schedule: str = "constant"  # absent from older checkpoints: constant, as they ran
     meta_batch: int = 8
     iterations: int = 1000
     seed: int = 0
@@ -112,6 +119,7 @@ class TrainConfig:
                 f"data_root is required for dataset={self.dataset!r}: the folder holding it."
             )
         require_one_of("algorithm", self.algorithm, ALGORITHMS)
+        require_one_of("outer_lr_schedule", self.outer_lr_schedule, OUTER_LR_SCHEDULES)
         for name in ("ways", "shots", "queries", "steps", "meta_batch", "iterations", "channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -170,6 +178,16 @@ class TrainConfig:
                     f"{self.algorithm!r} learns its learning rates ({base.learned_lr})."
                 )
 
+    def outer_optimizer(self) -> optax.GradientTransformation:
+        """Adam of the meta-parameters, at ``outer_lr`` or along its ``outer_lr_schedule``."""
+        return _outer_optimizer(*self._outer_key())
+
+    def _outer_key(self) -> tuple[float, str, int]:
+        # What the outer optimiser depends on (the iterations only through a schedule), so that
+        # a constant-rate run extended with more iterations reuses its compiled meta-step.
+        decay_steps = self.iterations if self.outer_lr_schedule == "cosine" else 0
+        return self.outer_lr, self.outer_lr_schedule, decay_steps
+
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""
         pattern = Pattern.parse(self.pattern) if self.pattern else None
@@ -210,14 +228,25 @@ def make_model(config: TrainConfig, splits: Splits) -> Conv4:
     )
 
 
+def _outer_optimizer(lr: float, schedule: str, decay_steps: int) -> optax.GradientTransformation:
+    if schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(lr, decay_steps))
+    return optax.adam(lr)
+
+
 @functools.lru_cache(maxsize=8)
 def _meta_step(
-    model: Conv4, algorithm: Algorithm, outer_lr: float, mesh: Mesh | None, params: str
+    model: Conv4,
+    algorithm: Algorithm,
+    outer: tuple[float, str, int],
+    mesh: Mesh | None,
+    params: str,
 ) -> Any:
     """The jitted meta-step, shared by runs of one configuration in a process (a resumed run
     reuses the compiled program instead of compiling it again). With a mesh, the meta-batch is
     split along its ``"data"`` axis (``metagrad.distributed``); without, the single-device step."""
-    return shard_fewshot_meta_step(model, algorithm, optax.adam(outer_lr), mesh, params=params)
+    optimizer = _outer_optimizer(*outer)
+    return shard_fewshot_meta_step(model, algorithm, optimizer, mesh, params=params)
 
 
 def initial_state(
@@ -229,7 +258,7 @@ def initial_state(
     """
     algorithm = algorithm if algorithm is not None else config.make_algorithm()
     meta = algorithm.init_meta(model.init(jax.random.PRNGKey(config.seed)))
-    return {"meta": meta, "opt_state": optax.adam(config.outer_lr).init(meta)}
+    return {"meta": meta, "opt_state": config.outer_optimizer().init(meta)}
 
 
 def read_config(out: str | os.PathLike[str]) -> tuple[TrainConfig, int]:
@@ -251,10 +280,13 @@ def load_run_state(
     return checkpoints.load_checkpoint(Path(out) / CHECKPOINTS, target=target)
 
 
-# Fields that may change between a run and its continuation: more iterations extend a run (the
-# meta-batch of step t depends on (seed, t) only and the outer optimiser has no schedule), and the
-# periods of validation and checkpoints do not change the trajectory.
-_EXTENSIBLE = ("iterations", "val_every", "val_tasks", "checkpoint_every")
+def _extensible(config: TrainConfig) -> tuple[str, ...]:
+    """Fields that may change between a run and its continuation: the periods of validation and
+    checkpoints (they do not change the trajectory) and, at a constant outer learning rate, the
+    iterations (the meta-batch of step t depends on (seed, t) only, so more iterations extend a
+    run; a cosine schedule would decay differently)."""
+    periods = ("val_every", "val_tasks", "checkpoint_every")
+    return periods if config.outer_lr_schedule == "cosine" else ("iterations", *periods)
 
 
 def _placed(step_fn: Any, state: dict[str, Any]) -> dict[str, Any]:
@@ -313,12 +345,12 @@ def train(
     ckpt_dir = out / CHECKPOINTS
     # With several processes (hosts) they all compute every step; process 0 alone writes files.
     primary = jax.process_index() == 0
-    step_fn = _meta_step(model, algorithm, config.outer_lr, mesh, params)
+    step_fn = _meta_step(model, algorithm, config._outer_key(), mesh, params)
     start = start_run(
         out,
         config=dataclasses.asdict(config),
         fresh=lambda: _placed(step_fn, initial_state(config, model, algorithm)),
-        extensible=_EXTENSIBLE,
+        extensible=_extensible(config),
         restart=restart,
         primary=primary,
     )

@@ -97,6 +97,9 @@ def test_cosine_outer_schedule_decays_to_zero_and_resumes(tmp_path):
         train(longer, tmp_path / "a", splits=splits, show_progress=False)
     with pytest.raises(ValueError, match="outer_lr_schedule must be one of 'constant', 'cosine'"):
         TrainConfig(outer_lr_schedule="linear")
+    # "constant" is stored as None, as checkpoints from before the field read (they resume).
+    assert TrainConfig(outer_lr_schedule="constant") == TrainConfig()
+    assert TrainConfig().outer_lr_schedule is None
 
 
 @pytest.mark.parametrize(

@@ -63,11 +63,11 @@ class TrainConfig:
       pattern: a Lambda pattern code (``"00001/11111"``) used during meta-training, or None.
       inner_lr: inner learning rate (initial value when learned).
       outer_lr: Adam learning rate of the meta-parameters (1e-3 as in MAML).
-      outer_lr_schedule: ``"constant"`` (MAML's) or ``"cosine"``: ``outer_lr`` decayed to 0
-        over ``iterations`` along a half cosine (Loshchilov & Hutter, ICLR 2017), so that the
-        final meta-parameters come from small steps rather than from wherever the last large
-        step left them. A cosine run cannot be extended with more iterations (its schedule
-        depends on them).
+      outer_lr_schedule: ``"constant"`` (MAML's; stored as None) or ``"cosine"``: ``outer_lr``
+        decayed to 0 over ``iterations`` along a half cosine (Loshchilov & Hutter, ICLR 2017),
+        so that the final meta-parameters come from small steps rather than from wherever the
+        last large step left them. A cosine run cannot be extended with more iterations (its
+        schedule depends on them).
       meta_batch: tasks per meta-step.
       iterations: meta-steps.
       seed: seed of parameters and episodes.
@@ -96,7 +96,9 @@ class TrainConfig:
     pattern: str | None = None
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
-    outer_lr_schedule: str = "constant"  # absent from older checkpoints: constant, as they ran
+    # None is "constant": a checkpoint written before this field existed (it has none) then
+    # compares equal to a constant-rate run of today, and resumes.
+    outer_lr_schedule: str | None = None
     meta_batch: int = 8
     iterations: int = 1000
     seed: int = 0
@@ -119,7 +121,10 @@ class TrainConfig:
                 f"data_root is required for dataset={self.dataset!r}: the folder holding it."
             )
         require_one_of("algorithm", self.algorithm, ALGORITHMS)
-        require_one_of("outer_lr_schedule", self.outer_lr_schedule, OUTER_LR_SCHEDULES)
+        if self.outer_lr_schedule is not None:
+            require_one_of("outer_lr_schedule", self.outer_lr_schedule, OUTER_LR_SCHEDULES)
+            if self.outer_lr_schedule == "constant":
+                object.__setattr__(self, "outer_lr_schedule", None)
         for name in ("ways", "shots", "queries", "steps", "meta_batch", "iterations", "channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -185,8 +190,9 @@ class TrainConfig:
     def _outer_key(self) -> tuple[float, str, int]:
         # What the outer optimiser depends on (the iterations only through a schedule), so that
         # a constant-rate run extended with more iterations reuses its compiled meta-step.
-        decay_steps = self.iterations if self.outer_lr_schedule == "cosine" else 0
-        return self.outer_lr, self.outer_lr_schedule, decay_steps
+        schedule = self.outer_lr_schedule or "constant"
+        decay_steps = self.iterations if schedule == "cosine" else 0
+        return self.outer_lr, schedule, decay_steps
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""

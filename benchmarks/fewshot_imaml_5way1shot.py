@@ -25,7 +25,8 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py --lambda1  # the λ = 1, momentum 0.7 run
     python benchmarks/fewshot_imaml_5way1shot.py --meta-batch16  # meta-batch 16, test-time λ
     python benchmarks/fewshot_imaml_5way1shot.py --cosine        # cosine outer lr, test-time λ
-    python benchmarks/fewshot_imaml_5way1shot.py --lambda1-cosine  # the same with λ = 1
+    python benchmarks/fewshot_imaml_5way1shot.py --cosine-cg10   # the same, 10 CG steps
+    python benchmarks/fewshot_imaml_5way1shot.py --lambda1-cosine  # cosine with λ = 1
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among
@@ -122,6 +123,10 @@ TRAIN_MB16 = variant(RUN_MB16, meta_batch="16")
 # (momentum 0.7; its constant-rate run collapsed after step 1000).
 RUN_COSINE = "results/fewshot/glyphs_5w1s_imaml_cosine"
 TRAIN_COSINE = variant(RUN_COSINE, outer_lr_schedule="cosine")
+# And with 10 conjugate-gradient steps instead of 5 (a more exact implicit meta-gradient: the
+# system I + H/λ has a condition number up to ~18 at λ = 2).
+RUN_COSINE_CG10 = "results/fewshot/glyphs_5w1s_imaml_cosine_cg10"
+TRAIN_COSINE_CG10 = variant(RUN_COSINE_CG10, cg_steps="10", outer_lr_schedule="cosine")
 RUN_LAM1_COSINE = "results/fewshot/glyphs_5w1s_imaml_lam1_cosine"
 TRAIN_LAM1_COSINE = variant(
     RUN_LAM1_COSINE, proximal="1", inner_momentum="0.7", outer_lr_schedule="cosine"
@@ -170,6 +175,10 @@ VARIANTS = {
     "--cosine": (
         TRAIN_COSINE, RUN_COSINE, "fewshot_train_5w1s_imaml_cosine.png",
         "docs/results/fewshot_imaml_cosine_test_proximal.json",
+    ),
+    "--cosine-cg10": (
+        TRAIN_COSINE_CG10, RUN_COSINE_CG10, "fewshot_train_5w1s_imaml_cosine_cg10.png",
+        "docs/results/fewshot_imaml_cosine_cg10_test_proximal.json",
     ),
     "--lambda1-cosine": (
         TRAIN_LAM1_COSINE, RUN_LAM1_COSINE, "fewshot_train_5w1s_imaml_lam1_cosine.png",

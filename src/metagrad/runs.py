@@ -7,9 +7,10 @@ folder ``OUT`` and behaves the same way:
   checkpoint in ``OUT/checkpoints/`` (a damaged newest one falls back to the one before, with a
   warning). The metrics log is cut back to that step, so the continued run writes exactly the
   lines an uninterrupted run would have.
-* **Nothing is deleted.** Starting over (``restart=True``, ``--restart``), a different
-  configuration, or files left by a run killed before its first checkpoint: the earlier files are
-  moved to ``OUT/previous/<n>/``, never removed.
+* **Nothing is deleted.** Starting over (``restart=True``, ``--restart``) or a run killed before
+  its first checkpoint (a metrics log or checkpoints folder that nothing can be resumed from): the
+  earlier files are moved to ``OUT/previous/<n>/``, never removed. Other files in a fresh folder
+  (a redirected log) stay where they are.
 * **The log survives crashes.** ``metrics.jsonl`` is strict JSON (no bare ``NaN``), appended and
   fsynced at each checkpoint; a line torn by a crash is dropped on reading, with a warning.
 """
@@ -163,7 +164,9 @@ def archive_run(out: str | os.PathLike[str]) -> Path | None:
 
 
 def _has_run_files(out: Path) -> bool:
-    return any(p.name != PREVIOUS for p in out.iterdir())
+    # A run's traces: its log or its checkpoints folder. Other files (a log the user redirected
+    # into the fresh folder, notes) are not a run and stay where they are.
+    return (out / METRICS).exists() or (out / CHECKPOINTS).exists()
 
 
 def read_metrics(path: str | os.PathLike[str], *, warn: bool = True) -> list[dict[str, Any]]:

@@ -58,6 +58,18 @@ def test_a_run_killed_before_its_first_checkpoint_is_kept_aside(tmp_path):
     assert [m["step"] for m in metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 3, 4, 5, 6, 6]
 
 
+def test_a_fresh_folder_keeps_the_users_own_files_in_place(tmp_path):
+    # e.g. `metagrad fewshot train --out OUT > OUT/train.log`: the shell creates the log first.
+    (tmp_path / "train.log").write_text("started\n")
+    short = TrainConfig(**{**CONFIG.__dict__, "iterations": 2, "val_every": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(short, tmp_path, splits=splits(), show_progress=False)
+    assert (tmp_path / "train.log").read_text() == "started\n"
+    assert not (tmp_path / PREVIOUS).exists()
+    assert checkpoint_steps(tmp_path / "checkpoints") == [2]
+
+
 def test_archive_of_an_empty_folder_is_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -86,8 +86,15 @@ def diagnose_task(model, algorithm, meta, task, cg_iters: int, key) -> dict:
         return u + h(u) / lam
 
     b = np.asarray(jax.grad(query)(flat), np.float64)
-    top = power_iteration(h, flat.size, 60, key)
-    bottom = top - power_iteration(lambda u: top * u - h(u), flat.size, 200, key)
+    # Power iteration finds the eigenvalue of largest magnitude (it may be negative); the other
+    # end of the spectrum is then the dominant eigenvalue of the shifted operator.
+    dominant = power_iteration(h, flat.size, 60, key)
+    if dominant > 0:
+        top = dominant
+        bottom = top - power_iteration(lambda u: top * u - h(u), flat.size, 200, key)
+    else:
+        bottom = dominant
+        top = bottom + power_iteration(lambda u: h(u) - bottom * u, flat.size, 200, key)
     iterates = conjugate_gradient(system, b, cg_iters)
     x5 = iterates[4]["x"]
     inner_grad = np.asarray(jax.grad(support)(flat), np.float64) + lam * np.asarray(flat - theta0)

@@ -27,6 +27,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py --cosine        # cosine outer lr, test-time λ
     python benchmarks/fewshot_imaml_5way1shot.py --cosine-cg10   # the same, 10 CG steps
     python benchmarks/fewshot_imaml_5way1shot.py --lambda1-cosine  # cosine with λ = 1
+    python benchmarks/fewshot_imaml_5way1shot.py --lambda4       # λ = 4, test-time λ
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among
@@ -127,6 +128,10 @@ TRAIN_COSINE = variant(RUN_COSINE, outer_lr_schedule="cosine")
 # system I + H/λ has a condition number up to ~18 at λ = 2).
 RUN_COSINE_CG10 = "results/fewshot/glyphs_5w1s_imaml_cosine_cg10"
 TRAIN_COSINE_CG10 = variant(RUN_COSINE_CG10, cg_steps="10", outer_lr_schedule="cosine")
+# A stronger proximal term, λ = 4: iMAML's system I + H/λ is indefinite at λ = 2 (H's smallest
+# eigenvalue reached -3.7 at θ*; benchmarks/imaml_cg_diagnostic.py), positive definite at λ = 4.
+RUN_LAM4 = "results/fewshot/glyphs_5w1s_imaml_lam4"
+TRAIN_LAM4 = variant(RUN_LAM4, proximal="4")
 RUN_LAM1_COSINE = "results/fewshot/glyphs_5w1s_imaml_lam1_cosine"
 TRAIN_LAM1_COSINE = variant(
     RUN_LAM1_COSINE, proximal="1", inner_momentum="0.7", outer_lr_schedule="cosine"
@@ -150,7 +155,9 @@ TEST_PROXIMAL = (2.0, 1.0, 0.5, 0.0)
 
 
 def select_test_proximal(run_folder: str, docs_json: str) -> None:
-    val = {lam: evaluate(run_folder, lam, split="val") for lam in TEST_PROXIMAL}
+    trained = json.loads(Path(run_folder, "train.json").read_text())["config"]["proximal"]
+    candidates = sorted({float(trained), *TEST_PROXIMAL}, reverse=True)
+    val = {lam: evaluate(run_folder, lam, split="val") for lam in candidates}
     best = max(val, key=lambda lam: val[lam]["accuracy_pct"])
     summary = {
         "run": f"{run_folder} (benchmarks/fewshot_imaml_5way1shot.py)",
@@ -179,6 +186,10 @@ VARIANTS = {
     "--cosine-cg10": (
         TRAIN_COSINE_CG10, RUN_COSINE_CG10, "fewshot_train_5w1s_imaml_cosine_cg10.png",
         "docs/results/fewshot_imaml_cosine_cg10_test_proximal.json",
+    ),
+    "--lambda4": (
+        TRAIN_LAM4, RUN_LAM4, "fewshot_train_5w1s_imaml_lam4.png",
+        "docs/results/fewshot_imaml_lam4_test_proximal.json",
     ),
     "--lambda1-cosine": (
         TRAIN_LAM1_COSINE, RUN_LAM1_COSINE, "fewshot_train_5w1s_imaml_lam1_cosine.png",

@@ -72,7 +72,8 @@ def _training_section(run_dir: Path, config: dict[str, Any]) -> list[str]:
     parts = ["## Training\n"]
     if config:
         keys = ("ways", "shots", "queries", "steps", "test_steps", "algorithm", "mode", "pattern",
-                "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "iterations", "seed", "channels")  # fmt: skip
+                "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "iterations", "seed",
+                "channels")  # fmt: skip
         parts.append(_table(["setting", "value"], [[k, config.get(k)] for k in keys]))
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():

@@ -28,6 +28,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py --cosine-cg10   # the same, 10 CG steps
     python benchmarks/fewshot_imaml_5way1shot.py --lambda1-cosine  # cosine with λ = 1
     python benchmarks/fewshot_imaml_5way1shot.py --lambda4       # λ = 4, test-time λ
+    python benchmarks/fewshot_imaml_5way1shot.py --damping2      # λ = 2, --cg-damping 2
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among
@@ -132,6 +133,9 @@ TRAIN_COSINE_CG10 = variant(RUN_COSINE_CG10, cg_steps="10", outer_lr_schedule="c
 # eigenvalue reached -3.7 at θ*; benchmarks/imaml_cg_diagnostic.py), positive definite at λ = 4.
 RUN_LAM4 = "results/fewshot/glyphs_5w1s_imaml_lam4"
 TRAIN_LAM4 = variant(RUN_LAM4, proximal="4")
+# Or λ = 2 with a ridge just large enough for that: --cg-damping 2 solves λ (H + 4I)⁻¹ ∇L_query.
+RUN_DAMPING2 = "results/fewshot/glyphs_5w1s_imaml_damping2"
+TRAIN_DAMPING2 = variant(RUN_DAMPING2, cg_damping="2")
 RUN_LAM1_COSINE = "results/fewshot/glyphs_5w1s_imaml_lam1_cosine"
 TRAIN_LAM1_COSINE = variant(
     RUN_LAM1_COSINE, proximal="1", inner_momentum="0.7", outer_lr_schedule="cosine"
@@ -190,6 +194,10 @@ VARIANTS = {
     "--lambda4": (
         TRAIN_LAM4, RUN_LAM4, "fewshot_train_5w1s_imaml_lam4.png",
         "docs/results/fewshot_imaml_lam4_test_proximal.json",
+    ),
+    "--damping2": (
+        TRAIN_DAMPING2, RUN_DAMPING2, "fewshot_train_5w1s_imaml_damping2.png",
+        "docs/results/fewshot_imaml_damping2_test_proximal.json",
     ),
     "--lambda1-cosine": (
         TRAIN_LAM1_COSINE, RUN_LAM1_COSINE, "fewshot_train_5w1s_imaml_lam1_cosine.png",

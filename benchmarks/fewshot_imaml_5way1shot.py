@@ -115,31 +115,40 @@ def variant(folder: str, **flags: str) -> list[str]:
 # The weaker proximal term of docs/implicit.md ("What was tried"): λ = 1, momentum 0.7.
 RUN_LAM1 = "results/fewshot/glyphs_5w1s_imaml_lam1"
 TRAIN_LAM1 = variant(RUN_LAM1, proximal="1", inner_momentum="0.7")
-# Twice the meta-batch (16 tasks per meta-step; the iMAML paper uses 32): the heavy-ball run's
-# outer loop with half the meta-gradient's variance, at twice the cost per meta-step.
-RUN_MB16 = "results/fewshot/glyphs_5w1s_imaml_mb16"
-TRAIN_MB16 = variant(RUN_MB16, meta_batch="16")
-# Against the dips of the outer training (validation 93.4 -> 86.9 between steps 750 and 1000 at
-# meta-batch 16, 93.7 -> 92.4 at the end at meta-batch 8): the outer learning rate decayed to 0
-# along a half cosine over the 1,500 meta-steps, with λ = 2 (the heavy-ball run) and with λ = 1
-# (momentum 0.7; its constant-rate run collapsed after step 1000).
-RUN_COSINE = "results/fewshot/glyphs_5w1s_imaml_cosine"
-TRAIN_COSINE = variant(RUN_COSINE, outer_lr_schedule="cosine")
-# And with 10 conjugate-gradient steps instead of 5 (a more exact implicit meta-gradient: the
-# system I + H/λ has a condition number up to ~18 at λ = 2).
-RUN_COSINE_CG10 = "results/fewshot/glyphs_5w1s_imaml_cosine_cg10"
-TRAIN_COSINE_CG10 = variant(RUN_COSINE_CG10, cg_steps="10", outer_lr_schedule="cosine")
-# A stronger proximal term, λ = 4: iMAML's system I + H/λ is indefinite at λ = 2 (H's smallest
-# eigenvalue reached -3.7 at θ*; benchmarks/imaml_cg_diagnostic.py), positive definite at λ = 4.
-RUN_LAM4 = "results/fewshot/glyphs_5w1s_imaml_lam4"
-TRAIN_LAM4 = variant(RUN_LAM4, proximal="4")
-# Or λ = 2 with a ridge just large enough for that: --cg-damping 2 solves λ (H + 4I)⁻¹ ∇L_query.
-RUN_DAMPING2 = "results/fewshot/glyphs_5w1s_imaml_damping2"
-TRAIN_DAMPING2 = variant(RUN_DAMPING2, cg_damping="2")
-RUN_LAM1_COSINE = "results/fewshot/glyphs_5w1s_imaml_lam1_cosine"
-TRAIN_LAM1_COSINE = variant(
-    RUN_LAM1_COSINE, proximal="1", inner_momentum="0.7", outer_lr_schedule="cosine"
-)
+# The variants that are trained and then evaluated with the test-time λ. Each flag names
+# (suffix, changed flags): run folder results/fewshot/glyphs_5w1s_imaml_<suffix>, training
+# curve docs/images/fewshot_train_5w1s_imaml_<suffix>.png, summary
+# docs/results/fewshot_imaml_<suffix>_test_proximal.json.
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    # Twice the meta-batch (16 tasks per meta-step; the iMAML paper uses 32): the heavy-ball
+    # run's outer loop with half the meta-gradient's variance, at twice the cost per meta-step.
+    "--meta-batch16": ("mb16", {"meta_batch": "16"}),
+    # Against the dips of the outer training (validation 93.4 -> 86.9 between steps 750 and 1000
+    # at meta-batch 16, 93.7 -> 92.4 at the end at meta-batch 8): the outer learning rate
+    # decayed to 0 along a half cosine, with λ = 2 (the heavy-ball run) and with λ = 1
+    # (momentum 0.7; its constant-rate run collapsed after step 1000).
+    "--cosine": ("cosine", {"outer_lr_schedule": "cosine"}),
+    "--lambda1-cosine": (
+        "lam1_cosine",
+        {"proximal": "1", "inner_momentum": "0.7", "outer_lr_schedule": "cosine"},
+    ),
+    # 10 conjugate-gradient steps instead of 5 (a more exact implicit meta-gradient).
+    "--cosine-cg10": ("cosine_cg10", {"cg_steps": "10", "outer_lr_schedule": "cosine"}),
+    # iMAML's system I + H/λ is indefinite at λ = 2 (H's smallest eigenvalue reached -3.7 at θ*;
+    # benchmarks/imaml_cg_diagnostic.py): definite with λ = 4, or with a ridge just large
+    # enough, --cg-damping 2 (λ (H + 4I)⁻¹ ∇L_query).
+    "--lambda4": ("lam4", {"proximal": "4"}),
+    "--damping2": ("damping2", {"cg_damping": "2"}),
+}
+
+
+def run_variant(flag: str) -> None:
+    """Trains (or resumes) the variant ``flag`` of ``VARIANTS``, then its test-time λ."""
+    suffix, flags = VARIANTS[flag]
+    folder = f"{RUN}_{suffix}"
+    run(variant(folder, **flags))
+    shutil.copy(f"{folder}/curve.png", f"docs/images/fewshot_train_5w1s_imaml_{suffix}.png")
+    select_test_proximal(folder, f"docs/results/fewshot_imaml_{suffix}_test_proximal.json")
 
 
 def evaluate(run_folder: str, proximal: float | None = None, split: str = "test") -> dict:
@@ -179,31 +188,6 @@ def select_test_proximal(run_folder: str, docs_json: str) -> None:
 
 
 DOCS_JSON = "docs/results/fewshot_imaml_test_proximal.json"
-DOCS_JSON_MB16 = "docs/results/fewshot_imaml_mb16_test_proximal.json"
-# flag: (training command, run folder, training-curve image, test-time λ summary)
-VARIANTS = {
-    "--meta-batch16": (TRAIN_MB16, RUN_MB16, "fewshot_train_5w1s_imaml_mb16.png", DOCS_JSON_MB16),
-    "--cosine": (
-        TRAIN_COSINE, RUN_COSINE, "fewshot_train_5w1s_imaml_cosine.png",
-        "docs/results/fewshot_imaml_cosine_test_proximal.json",
-    ),
-    "--cosine-cg10": (
-        TRAIN_COSINE_CG10, RUN_COSINE_CG10, "fewshot_train_5w1s_imaml_cosine_cg10.png",
-        "docs/results/fewshot_imaml_cosine_cg10_test_proximal.json",
-    ),
-    "--lambda4": (
-        TRAIN_LAM4, RUN_LAM4, "fewshot_train_5w1s_imaml_lam4.png",
-        "docs/results/fewshot_imaml_lam4_test_proximal.json",
-    ),
-    "--damping2": (
-        TRAIN_DAMPING2, RUN_DAMPING2, "fewshot_train_5w1s_imaml_damping2.png",
-        "docs/results/fewshot_imaml_damping2_test_proximal.json",
-    ),
-    "--lambda1-cosine": (
-        TRAIN_LAM1_COSINE, RUN_LAM1_COSINE, "fewshot_train_5w1s_imaml_lam1_cosine.png",
-        "docs/results/fewshot_imaml_lam1_cosine_test_proximal.json",
-    ),
-}  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -215,10 +199,7 @@ if __name__ == "__main__":
         evaluate(RUN_LAM1)
         sys.exit(0)
     if len(sys.argv) == 2 and sys.argv[1] in VARIANTS:  # train (or resume), then test-time λ
-        argv, folder, image, docs_json = VARIANTS[sys.argv[1]]
-        run(argv)
-        shutil.copy(f"{folder}/curve.png", f"docs/images/{image}")
-        select_test_proximal(folder, docs_json)
+        run_variant(sys.argv[1])
         sys.exit(0)
     if sys.argv[1:] == ["--test-proximal"]:  # on a trained run: the test-time λ only
         select_test_proximal(RUN, DOCS_JSON)

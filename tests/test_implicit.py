@@ -1,5 +1,6 @@
 """Implicit meta-gradients (metagrad.implicit, Bilevel(method="implicit"), iMAML) in float64."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -261,6 +262,10 @@ def test_errors_name_the_argument():
         make_algorithm("maml", cg_damping=1.0)
     with pytest.raises(ValueError, match="cg_damping must be a finite number >= 0"):
         make_algorithm("imaml", cg_damping=-1.0)
+    with pytest.raises(ValueError, match="stationarity_tol applies to method='implicit' only"):
+        make_algorithm("maml", stationarity_tol=1.0)
+    with pytest.raises(ValueError, match="stationarity_tol must be a finite number > 0"):
+        make_algorithm("imaml", stationarity_tol=0.0)
 
 
 def _tiny_task():
@@ -315,6 +320,59 @@ def test_imaml_meta_gradient_is_the_proximal_formula(x64, momentum, damping):
     assert np.linalg.norm(got_flat - want) / np.linalg.norm(want) < 1e-8
 
 
+def test_stationarity_tol_keeps_only_stationary_tasks_in_the_meta_gradient(x64):
+    """``stationarity_tol``: ``‖∇ inner loss(θ*)‖`` is measured per task (against the explicit
+    proximal gradient); a task above the tolerance keeps its loss in the value but gives no
+    meta-gradient, so the meta-gradient is (1/B) Σ over the stationary tasks only."""
+    from metagrad.fewshot import meta_batch_loss
+
+    model, params, task_a = _tiny_task()
+    k1, k2 = jax.random.split(jax.random.PRNGKey(7))
+    task_b = (
+        3.0 * jax.random.normal(k1, (6, 5), jnp.float64),
+        (jnp.arange(6) + 1) % 3,
+        jax.random.normal(k2, (6, 5), jnp.float64),
+        jnp.arange(6) % 3,
+    )
+    lam = 0.5
+    alg = make_algorithm("imaml", steps=4, inner_lr=0.2, proximal=lam)  # stops short of θ*
+    meta = alg.init_meta(params)
+    theta0 = jax.flatten_util.ravel_pytree(params)[0]
+    norms = []
+    for task in (task_a, task_b):
+        result = adapt_task(model, alg, meta, task)
+        theta, unravel = jax.flatten_util.ravel_pytree(result.params)
+        support = jax.grad(
+            lambda t, u=unravel, x=task[0], y=task[1]: cross_entropy(model.apply(u(t), x), y)
+        )
+        want = float(jnp.linalg.norm(support(theta) + lam * (theta - theta0)))
+        np.testing.assert_allclose(float(result.inner_gradient_norm), want, rtol=1e-10)
+        norms.append(want)
+    assert abs(norms[0] - norms[1]) > 0.1 * max(norms), norms
+    kept = int(np.argmin(norms))
+    tasks = tuple(jnp.stack(pair) for pair in zip(task_a, task_b, strict=True))
+    tol = float(np.mean(norms))  # between the two
+
+    def loss_and_grad(algorithm, batch):
+        fn = lambda m: meta_batch_loss(model, algorithm, m, batch)  # noqa: E731
+        return jax.value_and_grad(fn, has_aux=True)(meta)
+
+    (value, per), grad = loss_and_grad(dataclasses.replace(alg, stationarity_tol=tol), tasks)
+    (all_value, _), _ = loss_and_grad(alg, tasks)
+    one = tuple(a[kept : kept + 1] for a in tasks)
+    _, grad_kept = loss_and_grad(alg, one)
+    np.testing.assert_allclose(float(value), float(all_value), rtol=1e-12)  # both losses count
+    assert per["stationary"].tolist() == [i == kept for i in range(2)]
+    for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_kept), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want) / 2, rtol=1e-10, atol=1e-14)
+    # A tolerance above both: every task gives its meta-gradient, as without the test.
+    (_, per), grad = loss_and_grad(dataclasses.replace(alg, stationarity_tol=2 * max(norms)), tasks)
+    _, grad_all = loss_and_grad(alg, tasks)
+    assert per["stationary"].tolist() == [True, True]
+    for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_all), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+
+
 def test_inner_momentum_solves_the_proximal_problem_in_fewer_steps(x64):
     """Heavy-ball momentum reaches the inner minimum that plain GD approaches slowly (the implicit
     meta-gradient assumes it is reached)."""
@@ -367,6 +425,11 @@ def test_imaml_trains_and_resumes_like_the_other_algorithms(tmp_path):
     assert a == b and [m["step"] for m in a] == [1, 2, 2, 3, 4, 4]
     assert all(np.isfinite(m["loss"]) for m in a)
     assert read_config(tmp_path / "b") == (config, 4)
+    # With a stationarity test, each step logs the fraction of tasks that gave a meta-gradient.
+    tested = dataclasses.replace(config, iterations=2, val_every=0, stationarity_tol=1e-6)
+    train(tested, tmp_path / "c", splits=splits, show_progress=False)
+    logged = [m for m in metrics(tmp_path / "c" / "metrics.jsonl") if m["kind"] == "train"]
+    assert [m["stationary"] for m in logged] == [0.0, 0.0]  # 3 inner steps: none that close
 
 
 def test_bench_implicit_writes_json_and_png(tmp_path):

@@ -83,6 +83,12 @@ def register(subparsers: Any) -> None:
         help="ridge δ of the implicit system: λ (H + (λ + δ) I)⁻¹ ∇L_query (imaml only; default 0)",
     )
     t.add_argument(
+        "--stationarity-tol",
+        type=positive_number,
+        help="tasks whose inner loop ends with ‖∇ inner loss‖ above this give no meta-gradient "
+        "(imaml only; default: every task does)",
+    )
+    t.add_argument(
         "--outer-lr-schedule",
         help="constant (default) or cosine: --outer-lr decayed to 0 over --iterations",
     )

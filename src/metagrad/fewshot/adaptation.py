@@ -56,12 +56,16 @@ class TaskResult(NamedTuple):
       inner_losses: support loss before each inner step, shape ``(K,)`` (NaN at a step that
         updates nothing).
       params: the adapted parameters, full list (the frozen prefix is θ₀'s).
+      inner_gradient_norm: ``‖∇ inner loss‖`` at the adapted parameters, how far the inner loop
+        ended from a stationary point (a constant; NaN unless the algorithm is implicit, whose
+        meta-gradient assumes one).
     """
 
     loss: Array
     accuracy: Array
     inner_losses: Array
     params: list[dict[str, Array]]
+    inner_gradient_norm: Array
 
 
 def resolve_pattern(
@@ -149,6 +153,7 @@ def adapt_task(
         del m
         return loss_fn(apply_layers(model, p, batch[0], c), batch[1])
 
+    gradient_norm = jnp.full((), jnp.nan, hs.dtype)
     if c == pattern.layers:
         # Nothing is updated: no inner loop at all.
         suffix = meta["params"][c:]
@@ -187,13 +192,20 @@ def adapt_task(
         )
         result = problem.adapt(meta, inner_batch=(hs, sy))
         suffix, inner_losses = result.params, result.losses
+        if algorithm.method == "implicit":
+            # One more gradient (~1/20 of the inner loop and solve): the implicit function
+            # theorem's premise, ∇ inner loss(θ*) = 0, measured.
+            at = jax.lax.stop_gradient((suffix, meta, hs))
+            g = jax.grad(inner_loss)(at[0], at[1], (at[2], sy))
+            gradient_norm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+    full = list(prefix) + list(suffix)
     if not predict:
         nan = jnp.full((), jnp.nan, hs.dtype)
-        return TaskResult(nan, nan, inner_losses, list(prefix) + list(suffix))
+        return TaskResult(nan, nan, inner_losses, full, gradient_norm)
     out = apply_layers(model, suffix, apply_layers(model, prefix, qx, 0), c)
     loss = loss_fn(out, qy)
     acc = metric(out, qy) if metric is not None else jnp.full((), jnp.nan, loss.dtype)
-    return TaskResult(loss, acc, inner_losses, list(prefix) + list(suffix))
+    return TaskResult(loss, acc, inner_losses, full, gradient_norm)
 
 
 def meta_batch_loss(
@@ -208,18 +220,35 @@ def meta_batch_loss(
 ) -> tuple[Array, dict[str, Array]]:
     """Mean query loss over a meta-batch (leading axis of every array in ``tasks``).
 
-    Tasks are mapped sequentially with ``jax.lax.map``.
+    Tasks are mapped sequentially with ``jax.lax.map``. With ``algorithm.stationarity_tol``, the
+    loss of a task whose inner loop ended away from a stationary point is a constant
+    (``stop_gradient``): it counts in the value, not in the meta-gradient.
 
     Returns:
-      ``(mean loss, {"loss": per-task losses, "accuracy": per-task accuracies})``.
+      ``(mean loss, {"loss": per-task losses, "accuracy": per-task accuracies})``, plus
+      ``"stationary"`` (per task, whether it gave a meta-gradient) with ``stationarity_tol``.
     """
+    tol = algorithm.stationarity_tol
 
-    def one(task: Task) -> tuple[Array, Array]:
+    def one(task: Task) -> dict[str, Array]:
         r = adapt_task(model, algorithm, meta, task, pattern=pattern, steps=steps, kind=kind)
-        return r.loss, r.accuracy
+        if tol is None:
+            return {"loss": r.loss, "accuracy": r.accuracy}
+        stationary = r.inner_gradient_norm <= tol
+        loss = jnp.where(stationary, r.loss, jax.lax.stop_gradient(r.loss))
+        return {"loss": loss, "accuracy": r.accuracy, "stationary": stationary}
 
-    losses, accs = jax.lax.map(one, tuple(tasks))
-    return jnp.mean(losses), {"loss": losses, "accuracy": accs}
+    per_task = jax.lax.map(one, tuple(tasks))
+    return jnp.mean(per_task["loss"]), per_task
+
+
+def batch_metrics(loss: Array, per_task: dict[str, Array]) -> dict[str, Array]:
+    """The meta-step's metrics from :func:`meta_batch_loss`'s outputs: mean loss and accuracy
+    and, with a stationarity test, the fraction of tasks that gave a meta-gradient."""
+    metrics = {"loss": loss, "accuracy": jnp.mean(per_task["accuracy"])}
+    if "stationary" in per_task:
+        metrics["stationary"] = jnp.mean(per_task["stationary"].astype(loss.dtype))
+    return metrics
 
 
 # The key of the meta-step's metrics that holds, per meta-gradient leaf, "all entries finite".
@@ -251,8 +280,7 @@ def make_meta_step(
     """
 
     def objective(meta: Meta, *, tasks: Task) -> tuple[Array, dict[str, Array]]:
-        loss, per_task = meta_batch_loss(model, algorithm, meta, tasks, pattern=pattern, kind=kind)
-        return loss, {"accuracy": jnp.mean(per_task["accuracy"])}
+        return meta_batch_loss(model, algorithm, meta, tasks, pattern=pattern, kind=kind)
 
     train = meta_train_step(objective, outer_optimizer, has_aux=True, return_grad=True)
 
@@ -260,8 +288,8 @@ def make_meta_step(
     # memory and cost analyses of the meta-step.
     @jax.jit
     def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Any]]:
-        meta, opt_state, loss, metrics, grad = train(meta, opt_state, tasks=tasks)
-        return meta, opt_state, {"loss": loss, **metrics, FINITE: leaf_finiteness(grad)}
+        meta, opt_state, loss, per_task, grad = train(meta, opt_state, tasks=tasks)
+        return meta, opt_state, {**batch_metrics(loss, per_task), FINITE: leaf_finiteness(grad)}
 
     return step
 

@@ -83,6 +83,12 @@ class Algorithm:
         fixed learning rate. With ``method="implicit"`` it changes how well the inner problem is
         solved in ``steps`` steps, not the formula of the meta-gradient (which only assumes the
         minimum is reached).
+      stationarity_tol: with ``method="implicit"``, a task whose inner loop ended away from a
+        stationary point, ``‖∇ inner loss(θ*)‖ > stationarity_tol``, contributes no
+        meta-gradient (its query loss still counts in the reported loss). The implicit function
+        theorem holds only at a stationary point; where the inner loop diverged (e.g. heavy ball
+        past its stable step size on a sharp task) the implicit meta-gradient is meaningless.
+        None (default): every task counts.
     """
 
     name: str = "maml"
@@ -99,6 +105,7 @@ class Algorithm:
     cg_steps: int = 5
     cg_damping: float = 0.0
     inner_momentum: float = 0.0
+    stationarity_tol: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -145,6 +152,18 @@ class Algorithm:
                 f"Algorithm {self.name!r}: inner_momentum needs a fixed learning rate; got "
                 f"learned_lr={self.learned_lr!r}."
             )
+        if self.stationarity_tol is not None:
+            tol = self.stationarity_tol
+            if not (isinstance(tol, int | float) and 0 < tol < math.inf):
+                raise ValueError(
+                    f"Algorithm: stationarity_tol must be a finite number > 0 (or None); got "
+                    f"{tol!r}."
+                )
+            if self.method != "implicit":
+                raise ValueError(
+                    f"Algorithm {self.name!r}: stationarity_tol applies to method='implicit' "
+                    f"only; got method={self.method!r}."
+                )
         if self.method == "implicit":
             problems = []
             if not self.proximal > 0:
@@ -219,7 +238,7 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
 
     Returns:
       ``algorithm`` itself if ``proximal`` is None, else a copy with that ``proximal``,
-      ``method="unroll"`` and no CG damping.
+      ``method="unroll"``, no CG damping and no stationarity test.
 
     References:
       Rajeswaran, Finn, Kakade & Levine, *Meta-Learning with Implicit Gradients*, NeurIPS 2019
@@ -227,7 +246,9 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
     """
     if proximal is None:
         return algorithm
-    return dataclasses.replace(algorithm, proximal=proximal, method="unroll", cg_damping=0.0)
+    return dataclasses.replace(
+        algorithm, proximal=proximal, method="unroll", cg_damping=0.0, stationarity_tol=None
+    )
 
 
 def make_algorithm(name: str, **overrides: Any) -> Algorithm:

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from metagrad.distributed import ShardedMetaStep, ShardingPlan
-from metagrad.fewshot.adaptation import make_meta_step, meta_batch_loss
+from metagrad.fewshot.adaptation import batch_metrics, make_meta_step, meta_batch_loss
 
 Meta = Any
 
@@ -56,15 +55,12 @@ def shard_fewshot_meta_step(
     if mesh is None:
         return make_meta_step(model, algorithm, outer_optimizer, pattern=pattern, kind=kind)
 
-    def per_task(meta: Meta, tasks: Any) -> tuple[jax.Array, jax.Array]:
+    def per_task(meta: Meta, tasks: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
         _, per = meta_batch_loss(model, algorithm, meta, tuple(tasks), pattern=pattern, kind=kind)
-        return per["loss"], per["accuracy"]
-
-    def finish(value: jax.Array, accuracy: jax.Array) -> dict[str, jax.Array]:
-        return {"loss": value, "accuracy": jnp.mean(accuracy)}
+        return per["loss"], per
 
     plan = mesh if isinstance(mesh, ShardingPlan) else ShardingPlan(mesh, params=params)
-    return ShardedMetaStep(per_task, outer_optimizer, plan, finish=finish)
+    return ShardedMetaStep(per_task, outer_optimizer, plan, finish=batch_metrics)
 
 
 __all__ = ["shard_fewshot_meta_step"]

@@ -82,6 +82,9 @@ class TrainConfig:
         only for an implicit algorithm (imaml).
       inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser (None: 0, plain
         gradient descent); not for learned learning rates (metasgd, mamlpp).
+      stationarity_tol: tasks whose inner loop ended with ``‖∇ inner loss‖`` above it give no
+        meta-gradient (None: every task does; see ``Algorithm.stationarity_tol``); only for an
+        implicit algorithm (imaml). The fraction of tasks kept is logged as ``stationary``.
     """
 
     dataset: str = "glyphs"
@@ -113,6 +116,7 @@ class TrainConfig:
     cg_damping: float | None = None
     inner_momentum: float | None = None
     memory_budget: int | None = None
+    stationarity_tol: float | None = None
 
     def __post_init__(self) -> None:
         require_one_of("dataset", self.dataset, DATASETS)
@@ -146,7 +150,7 @@ class TrainConfig:
         self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
 
     def _check_inner_options(self) -> None:
-        """The inner-loop options (``proximal``, ``cg_steps``, ``cg_damping``, ``inner_momentum``):
+        """The inner-loop options (``proximal``, ``cg_*``, ``stationarity_tol``, ``inner_momentum``):
         their values, and whether the algorithm has any use for them (errors start with the
         field's name)."""
         base = make_algorithm(self.algorithm)
@@ -167,7 +171,11 @@ class TrainConfig:
             isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0
         ):
             raise ValueError(f"cg_damping must be a finite number >= 0; got {damping!r}.")
-        for name in ("cg_steps", "cg_damping"):  # options of the implicit solve only
+        tol = self.stationarity_tol
+        if tol is not None and not (isinstance(tol, int | float) and 0 < tol < math.inf):
+            raise ValueError(f"stationarity_tol must be a finite number > 0; got {tol!r}.")
+        # options of the implicit meta-gradient only
+        for name in ("cg_steps", "cg_damping", "stationarity_tol"):
             if getattr(self, name) is not None and base.method != "implicit":
                 raise ValueError(
                     f"{name} applies to the implicit meta-gradient (algorithm 'imaml') only; "
@@ -199,7 +207,14 @@ class TrainConfig:
         pattern = Pattern.parse(self.pattern) if self.pattern else None
         overrides = {
             name: getattr(self, name)
-            for name in ("proximal", "cg_steps", "cg_damping", "inner_momentum", "memory_budget")
+            for name in (
+                "proximal",
+                "cg_steps",
+                "cg_damping",
+                "inner_momentum",
+                "memory_budget",
+                "stationarity_tol",
+            )
             if getattr(self, name) is not None
         }
         return make_algorithm(
@@ -418,6 +433,7 @@ def train(
                     "kind": "train",
                     "loss": float(m["loss"]),
                     "accuracy": float(m["accuracy"]),
+                    **({"stationary": float(m["stationary"])} if "stationary" in m else {}),
                     "time_s": time.perf_counter() - t0,
                 }
                 if config.val_every and config.val_tasks and step % config.val_every == 0:

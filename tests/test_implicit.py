@@ -127,6 +127,65 @@ def test_solve_linear_reports_the_residual(x64):
     np.testing.assert_allclose(float(info.residual), residual, rtol=1e-10)
 
 
+def _cg_iterates(a, b, steps):
+    """Textbook CG in numpy (float64) from x = 0: iterates x_1 … x_steps and each pᵀAp."""
+    x, r = np.zeros_like(b), b.copy()
+    p, iterates, curvatures = r.copy(), [], []
+    for _ in range(steps):
+        ap = a @ p
+        curvatures.append(float(p @ ap))
+        alpha = (r @ r) / curvatures[-1]
+        x, r_next = x + alpha * p, r - alpha * ap
+        p, r = r_next + (r_next @ r_next) / (r @ r) * p, r_next
+        iterates.append(x)
+    return iterates, curvatures
+
+
+def test_cg_reports_and_optionally_stops_at_negative_curvature(x64):
+    """On an indefinite system CG meets ``pᵀAp ≤ 0``: ``SolveInfo.negative_curvature`` says so;
+    ``negative_curvature="stop"`` returns the iterate before that direction (``b`` before any
+    step), ``"continue"`` is plain CG (the same iterates as the textbook algorithm)."""
+    a = np.diag([3.0, 2.0, -1.0])
+    b = np.array([1.0, 1.0, 0.8])
+    iterates, curvatures = _cg_iterates(a, b, 3)
+    assert curvatures[0] > 0 and curvatures[1] <= 0, curvatures  # the second direction is bad
+    matvec = lambda v: jnp.asarray(a) @ v  # noqa: E731
+    config = ImplicitConfig(tol=0.0, maxiter=3, warn=False)
+    x, info = metagrad.solve_linear(matvec, jnp.asarray(b), config)
+    np.testing.assert_allclose(np.asarray(x), iterates[2], rtol=1e-10)
+    assert bool(info.negative_curvature)
+    stop = dataclasses.replace(config, negative_curvature="stop")
+    x, info = metagrad.solve_linear(matvec, jnp.asarray(b), stop)
+    np.testing.assert_allclose(np.asarray(x), iterates[0], rtol=1e-12)
+    assert bool(info.negative_curvature) and not bool(info.converged)
+    # A bad first direction: b itself.
+    x, info = metagrad.solve_linear(lambda v: -v, jnp.asarray(b), stop)
+    np.testing.assert_allclose(np.asarray(x), b, rtol=1e-12)
+    # A positive-definite system: nothing to report, the exact solution.
+    spd = np.diag([3.0, 2.0, 1.0])
+    x, info = metagrad.solve_linear(lambda v: jnp.asarray(spd) @ v, jnp.asarray(b), stop)
+    np.testing.assert_allclose(np.asarray(x), b / np.diag(spd), rtol=1e-10)
+    assert not bool(info.negative_curvature) and bool(info.converged)
+    with pytest.raises(ValueError, match="negative_curvature must be one of continue, stop"):
+        ImplicitConfig(negative_curvature="skip")
+    with pytest.raises(ValueError, match="negative_curvature='stop' needs solver='cg'"):
+        ImplicitConfig(solver="gmres", negative_curvature="stop")
+
+
+def test_not_converged_warning_names_negative_curvature(x64):
+    """The implicit meta-gradient of a saddle point: the warning says the system is indefinite."""
+
+    def inner(w, eta):
+        return 0.5 * (w[0] ** 2 - w[1] ** 2) - jnp.dot(eta, w)
+
+    def outer(eta):
+        w = metagrad.argmin_solution(inner, jnp.zeros(2), eta, config=ImplicitConfig(maxiter=1))
+        return jnp.sum(w)
+
+    with pytest.warns(RuntimeWarning, match="non-positive curvature: the system is not positive"):
+        jax.grad(outer)(jnp.array([1.0, 2.0])).block_until_ready()
+
+
 def test_argmin_vjp_returns_info_and_float0_for_integer_args(x64):
     x, y, xv, yv, eta = _ridge_data()
     w_star, want, _ = _closed_form(x, y, xv, yv, eta)

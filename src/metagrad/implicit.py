@@ -55,6 +55,7 @@ from metagrad.treecheck import require_floating_leaves
 Pytree = Any
 
 SOLVERS: tuple[str, ...] = ("cg", "neumann", "gmres", "bicgstab")
+NEGATIVE_CURVATURE: tuple[str, ...] = ("continue", "stop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,12 @@ class ImplicitConfig:
       restart: GMRES restart length.
       warn: warn (with the residual) when the solve did not converge. Set ``False`` where a
         truncated solve is intended (iMAML's 5 CG steps).
+      negative_curvature: what conjugate gradient does when it meets a direction ``p`` with
+        ``pᵀ(A + δI)p ≤ 0`` (the system is not positive definite: θ* is not a minimum, or the
+        damping is too small), where its step is undefined and its iterates stop approaching
+        anything: ``"continue"`` (default; plain CG) or ``"stop"``: return the iterate before
+        that direction (truncated CG, as Newton-CG and Steihaug's trust-region CG do; before
+        any step, ``b`` itself). Either way ``SolveInfo.negative_curvature`` reports it.
 
     Examples:
       >>> import metagrad
@@ -92,6 +99,7 @@ class ImplicitConfig:
     neumann_alpha: float = 1.0
     restart: int = 20
     warn: bool = True
+    negative_curvature: str = "continue"
 
     def __post_init__(self) -> None:
         if self.solver is not None and self.solver not in SOLVERS:
@@ -112,6 +120,16 @@ class ImplicitConfig:
             raise ValueError(f"ImplicitConfig: neumann_alpha must be > 0; got {alpha!r}.")
         if not isinstance(self.warn, bool):
             raise TypeError(f"ImplicitConfig: warn must be a bool; got {self.warn!r}.")
+        if self.negative_curvature not in NEGATIVE_CURVATURE:
+            raise ValueError(
+                "ImplicitConfig: negative_curvature must be one of "
+                f"{', '.join(NEGATIVE_CURVATURE)}; got {self.negative_curvature!r}."
+            )
+        if self.negative_curvature == "stop" and self.solver not in (None, "cg"):
+            raise ValueError(
+                "ImplicitConfig: negative_curvature='stop' needs solver='cg' (the only solver "
+                f"that sees the curvature of its directions); got solver={self.solver!r}."
+            )
 
     def with_default_solver(self, solver: str) -> ImplicitConfig:
         """This configuration with ``solver`` filled in if it was left ``None``."""
@@ -125,11 +143,15 @@ class SolveInfo(NamedTuple):
       residual: ``‖b − (A + δI) x‖``, measured with one extra product after the solve.
       relative_residual: ``residual / ‖b‖`` (0 when ``b = 0``).
       converged: ``relative_residual ≤ tol``.
+      negative_curvature: conjugate gradient met a direction ``p`` with ``pᵀ(A + δI)p ≤ 0``:
+        the system is not positive definite (always False for the other solvers, which do not
+        see it).
     """
 
     residual: jax.Array
     relative_residual: jax.Array
     converged: jax.Array
+    negative_curvature: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +187,11 @@ def solve_linear(
         av = matvec(v)
         return av if damping == 0 else _axpy(damping, v, av)
 
+    negative = jnp.zeros((), bool)
     if config.solver == "cg":
-        x, _ = sparse.cg(damped, b, tol=config.tol, atol=0.0, maxiter=config.maxiter)
+        x, negative = _cg(
+            damped, b, config.tol, config.maxiter, stop=config.negative_curvature == "stop"
+        )
     elif config.solver == "bicgstab":
         x, _ = sparse.bicgstab(damped, b, tol=config.tol, atol=0.0, maxiter=config.maxiter)
     elif config.solver == "gmres":
@@ -185,7 +210,48 @@ def solve_linear(
     residual = _norm(_axpy(-1.0, damped(x), b))
     b_norm = _norm(b)
     relative = jnp.where(b_norm > 0, residual / jnp.where(b_norm > 0, b_norm, 1.0), residual)
-    return x, SolveInfo(residual, relative, relative <= config.tol)
+    return x, SolveInfo(residual, relative, relative <= config.tol, negative)
+
+
+def _cg(
+    matvec: Callable[[Pytree], Pytree], b: Pytree, tol: float, maxiter: int, *, stop: bool
+) -> tuple[Pytree, jax.Array]:
+    """Conjugate gradient from ``x = 0`` on pytrees (Hestenes & Stiefel 1952), until
+    ``‖r‖ ≤ tol ‖b‖`` or ``maxiter`` steps; also returns whether a direction of non-positive
+    curvature was met, and with ``stop`` returns the iterate before it (``b`` before any step;
+    Nocedal & Wright, *Numerical Optimization*, Algorithm 7.1). Written out rather than
+    ``jax.scipy.sparse.linalg.cg``, which does not expose the curvature ``pᵀAp``."""
+    rs0 = _vdot(b, b)
+    threshold = tol**2 * rs0
+
+    def cond(state: tuple[Any, ...]) -> jax.Array:
+        k, _, _, _, rs, _, halted = state
+        return (k < maxiter) & (rs > threshold) & ~halted
+
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        k, x, r, p, rs, negative, _ = state
+        ap = matvec(p)
+        curvature = _vdot(p, ap)
+        bad = curvature <= 0
+        alpha = rs / jnp.where(curvature == 0, 1.0, curvature)
+        x_next = _axpy(alpha, p, x)
+        r_next = _axpy(-alpha, ap, r)
+        rs_next = _vdot(r_next, r_next)
+        p_next = _axpy(rs_next / rs, p, r_next)
+        halted = bad & stop
+        if stop:  # keep the iterate before the bad direction (b itself before any step)
+            fallback = jax.tree.map(lambda xi, bi: jnp.where(k == 0, bi, xi), x, b)
+            x_next = jax.tree.map(lambda a, c: jnp.where(bad, c, a), x_next, fallback)
+        return k + 1, x_next, r_next, p_next, rs_next, negative | bad, halted
+
+    zeros = jax.tree.map(jnp.zeros_like, b)
+    init = (jnp.zeros((), jnp.int32), zeros, b, b, rs0, jnp.zeros((), bool), jnp.zeros((), bool))
+    _, x, _, _, _, negative, _ = jax.lax.while_loop(cond, body, init)
+    return x, negative
+
+
+def _vdot(x: Pytree, y: Pytree) -> jax.Array:
+    return sum(jnp.sum(a * c) for a, c in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
 
 
 def _neumann(matvec: Callable[[Pytree], Pytree], b: Pytree, alpha: float, terms: int) -> Pytree:
@@ -448,6 +514,7 @@ def _implicit_node(
                 functools.partial(_warn_not_converged, config=config),
                 info.residual,
                 info.relative_residual,
+                info.negative_curvature,
             )
         # θ* is a function of args only: the solver's own path gets no cotangent.
         return jax.tree.map(jnp.zeros_like, solution), ct_args
@@ -456,17 +523,25 @@ def _implicit_node(
     return lambda solution, args: node(jax.lax.stop_gradient(solution), args)
 
 
-def _warn_not_converged(residual: Any, relative: Any, *, config: ImplicitConfig) -> None:
+def _warn_not_converged(
+    residual: Any, relative: Any, negative: Any, *, config: ImplicitConfig
+) -> None:
     relative = np.asarray(relative)
     if not np.all(relative <= config.tol):
+        curvature = (
+            " Conjugate gradient met a direction of non-positive curvature: the system is not "
+            "positive definite (the inner solution is not a minimum there)."
+            if np.any(np.asarray(negative))
+            else ""
+        )
         warnings.warn(
             f"metagrad.implicit: the {config.solver} solve of the implicit meta-gradient did not "
             f"converge in maxiter={config.maxiter} iterations: relative residual "
             f"{float(np.max(relative)):.3g} > tol={config.tol:g} (residual "
-            f"{float(np.max(np.asarray(residual))):.3g}). The meta-gradient is approximate. Raise "
-            "maxiter, add damping (an ill-conditioned or indefinite Hessian), solve the inner "
-            "problem more accurately, or set ImplicitConfig(warn=False) if a truncated solve is "
-            "intended.",
+            f"{float(np.max(np.asarray(residual))):.3g}).{curvature} The meta-gradient is "
+            "approximate. Raise maxiter, add damping (an ill-conditioned or indefinite Hessian), "
+            "solve the inner problem more accurately, or set ImplicitConfig(warn=False) if a "
+            "truncated solve is intended.",
             RuntimeWarning,
             stacklevel=2,
         )

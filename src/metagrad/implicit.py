@@ -251,7 +251,8 @@ def _cg(
 
 
 def _vdot(x: Pytree, y: Pytree) -> jax.Array:
-    return sum(jnp.sum(a * c) for a, c in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+    products = [jnp.sum(a * c) for a, c in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
+    return functools.reduce(jnp.add, products)
 
 
 def _neumann(matvec: Callable[[Pytree], Pytree], b: Pytree, alpha: float, terms: int) -> Pytree:

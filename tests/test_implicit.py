@@ -321,6 +321,10 @@ def test_errors_name_the_argument():
         make_algorithm("maml", cg_damping=1.0)
     with pytest.raises(ValueError, match="cg_damping must be a finite number >= 0"):
         make_algorithm("imaml", cg_damping=-1.0)
+    with pytest.raises(ValueError, match="cg_negative_curvature applies to method='implicit' only"):
+        make_algorithm("maml", cg_negative_curvature="stop")
+    with pytest.raises(ValueError, match="cg_negative_curvature must be one of 'continue', 'stop'"):
+        make_algorithm("imaml", cg_negative_curvature="halt")
     with pytest.raises(ValueError, match="stationarity_tol applies to method='implicit' only"):
         make_algorithm("maml", stationarity_tol=1.0)
     with pytest.raises(ValueError, match="stationarity_tol must be a finite number > 0"):
@@ -430,6 +434,31 @@ def test_stationarity_tol_keeps_only_stationary_tasks_in_the_meta_gradient(x64):
     assert per["stationary"].tolist() == [True, True]
     for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_all), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["continue", "stop"])
+def test_imaml_solve_at_negative_curvature_is_textbook_cg(x64, rule):
+    """Away from a minimum (one inner step, a weak proximal term) the proximal Hessian
+    ``H + λI`` is indefinite: iMAML's meta-gradient is ``λ x_k`` with ``x_k`` the CG iterate on
+    the dense system (float64): after all ``cg_steps`` (``"continue"``) or before the first
+    direction with ``pᵀAp ≤ 0`` (``"stop"``)."""
+    model, params, task = _tiny_task()
+    lam, cg_steps = 0.05, 6
+    alg = make_algorithm(
+        "imaml", steps=1, inner_lr=0.5, proximal=lam, cg_steps=cg_steps, cg_negative_curvature=rule
+    )
+    meta = alg.init_meta(params)
+    got = jax.grad(lambda m: adapt_task(model, alg, m, task).loss)(meta)
+    theta, unravel = jax.flatten_util.ravel_pytree(adapt_task(model, alg, meta, task).params)
+    h = jax.hessian(lambda t: cross_entropy(model.apply(unravel(t), task[0]), task[1]))(theta)
+    g = jax.grad(lambda t: cross_entropy(model.apply(unravel(t), task[2]), task[3]))(theta)
+    a, b = np.asarray(h) + lam * np.eye(theta.size), np.asarray(g)
+    iterates, curvatures = _cg_iterates(a, b, cg_steps)
+    bad = [k for k, c in enumerate(curvatures) if c <= 0]
+    assert bad, curvatures  # the system is indefinite within cg_steps
+    x = iterates[-1] if rule == "continue" else (iterates[bad[0] - 1] if bad[0] else b)
+    got_flat = np.asarray(jax.flatten_util.ravel_pytree(got["params"])[0])
+    np.testing.assert_allclose(got_flat, lam * x, rtol=1e-7, atol=1e-12)
 
 
 def test_inner_momentum_solves_the_proximal_problem_in_fewer_steps(x64):

@@ -83,6 +83,11 @@ def register(subparsers: Any) -> None:
         help="ridge δ of the implicit system: λ (H + (λ + δ) I)⁻¹ ∇L_query (imaml only; default 0)",
     )
     t.add_argument(
+        "--cg-negative-curvature",
+        help="continue (default: plain CG) or stop: the implicit solve returns the CG iterate "
+        "before the first direction of non-positive curvature (imaml only)",
+    )
+    t.add_argument(
         "--stationarity-tol",
         type=positive_number,
         help="tasks whose inner loop ends with ‖∇ inner loss‖ above this give no meta-gradient "

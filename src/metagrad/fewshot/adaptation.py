@@ -184,6 +184,7 @@ def adapt_task(
                     maxiter=algorithm.cg_steps,
                     tol=0.0,
                     damping=algorithm.cg_damping,
+                    negative_curvature=algorithm.cg_negative_curvature,
                     warn=False,
                 )
                 if algorithm.method == "implicit"

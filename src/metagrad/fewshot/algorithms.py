@@ -36,6 +36,7 @@ import optax
 
 from metagrad.autodiff import validate_mode
 from metagrad.fewshot.patterns import Pattern
+from metagrad.implicit import NEGATIVE_CURVATURE
 from metagrad.transforms import scale_by_learning_rates, scale_by_step_learning_rates
 from metagrad.validation import require_one_of
 
@@ -83,6 +84,11 @@ class Algorithm:
         fixed learning rate. With ``method="implicit"`` it changes how well the inner problem is
         solved in ``steps`` steps, not the formula of the meta-gradient (which only assumes the
         minimum is reached).
+      cg_negative_curvature: ``"continue"`` (plain CG, iMAML's) or ``"stop"``: the implicit
+        solve returns the CG iterate before the first direction of non-positive curvature of
+        ``I + H/λ`` (``ImplicitConfig.negative_curvature``). The system is indefinite where the
+        support loss's Hessian at θ* has eigenvalues below −λ, and CG's iterates then diverge.
+        Implicit only.
       stationarity_tol: with ``method="implicit"``, a task whose inner loop ended away from a
         stationary point, ``‖∇ inner loss(θ*)‖ > stationarity_tol``, contributes no
         meta-gradient (its query loss still counts in the reported loss). The implicit function
@@ -105,6 +111,7 @@ class Algorithm:
     cg_steps: int = 5
     cg_damping: float = 0.0
     inner_momentum: float = 0.0
+    cg_negative_curvature: str = "continue"
     stationarity_tol: float | None = None
 
     def __post_init__(self) -> None:
@@ -138,11 +145,15 @@ class Algorithm:
             raise ValueError(
                 f"Algorithm: cg_damping must be a finite number >= 0; got {self.cg_damping!r}."
             )
-        if self.cg_damping and self.method != "implicit":
-            raise ValueError(
-                f"Algorithm {self.name!r}: cg_damping applies to method='implicit' only; got "
-                f"method={self.method!r}."
-            )
+        require_one_of(
+            "Algorithm: cg_negative_curvature", self.cg_negative_curvature, NEGATIVE_CURVATURE
+        )
+        for name, default in (("cg_damping", 0.0), ("cg_negative_curvature", "continue")):
+            if getattr(self, name) != default and self.method != "implicit":
+                raise ValueError(
+                    f"Algorithm {self.name!r}: {name} applies to method='implicit' only; got "
+                    f"method={self.method!r}."
+                )
         if not (isinstance(self.inner_momentum, int | float) and 0 <= self.inner_momentum < 1):
             raise ValueError(
                 f"Algorithm: inner_momentum must be in [0, 1); got {self.inner_momentum!r}."
@@ -238,7 +249,7 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
 
     Returns:
       ``algorithm`` itself if ``proximal`` is None, else a copy with that ``proximal``,
-      ``method="unroll"``, no CG damping and no stationarity test.
+      ``method="unroll"`` and none of the implicit solve's options.
 
     References:
       Rajeswaran, Finn, Kakade & Levine, *Meta-Learning with Implicit Gradients*, NeurIPS 2019
@@ -247,7 +258,12 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
     if proximal is None:
         return algorithm
     return dataclasses.replace(
-        algorithm, proximal=proximal, method="unroll", cg_damping=0.0, stationarity_tol=None
+        algorithm,
+        proximal=proximal,
+        method="unroll",
+        cg_damping=0.0,
+        cg_negative_curvature="continue",
+        stationarity_tol=None,
     )
 
 

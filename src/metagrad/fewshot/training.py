@@ -38,6 +38,7 @@ from metagrad.fewshot.network import n_layers
 from metagrad.fewshot.patterns import Pattern
 from metagrad.fewshot.sharding import shard_fewshot_meta_step
 from metagrad.files import save_figure
+from metagrad.implicit import NEGATIVE_CURVATURE
 from metagrad.models import Conv4
 from metagrad.nonfinite import NonFiniteError, raise_if_nonfinite
 from metagrad.runs import CHECKPOINTS, METRICS, MetricsLog, read_metrics, start_run
@@ -82,6 +83,9 @@ class TrainConfig:
         only for an implicit algorithm (imaml).
       inner_momentum: β in [0, 1) of heavy-ball momentum in the inner optimiser (None: 0, plain
         gradient descent); not for learned learning rates (metasgd, mamlpp).
+      cg_negative_curvature: ``"stop"``: the implicit solve stops at the first direction of
+        non-positive curvature (None: ``"continue"``, plain CG; see
+        ``Algorithm.cg_negative_curvature``); only for an implicit algorithm (imaml).
       stationarity_tol: tasks whose inner loop ended with ``‖∇ inner loss‖`` above it give no
         meta-gradient (None: every task does; see ``Algorithm.stationarity_tol``); only for an
         implicit algorithm (imaml). The fraction of tasks kept is logged as ``stationary``.
@@ -116,6 +120,7 @@ class TrainConfig:
     cg_damping: float | None = None
     inner_momentum: float | None = None
     memory_budget: int | None = None
+    cg_negative_curvature: str | None = None
     stationarity_tol: float | None = None
 
     def __post_init__(self) -> None:
@@ -174,8 +179,10 @@ class TrainConfig:
         tol = self.stationarity_tol
         if tol is not None and not (isinstance(tol, int | float) and 0 < tol < math.inf):
             raise ValueError(f"stationarity_tol must be a finite number > 0; got {tol!r}.")
+        if self.cg_negative_curvature is not None:
+            require_one_of("cg_negative_curvature", self.cg_negative_curvature, NEGATIVE_CURVATURE)
         # options of the implicit meta-gradient only
-        for name in ("cg_steps", "cg_damping", "stationarity_tol"):
+        for name in ("cg_steps", "cg_damping", "cg_negative_curvature", "stationarity_tol"):
             if getattr(self, name) is not None and base.method != "implicit":
                 raise ValueError(
                     f"{name} applies to the implicit meta-gradient (algorithm 'imaml') only; "
@@ -213,6 +220,7 @@ class TrainConfig:
                 "cg_damping",
                 "inner_momentum",
                 "memory_budget",
+                "cg_negative_curvature",
                 "stationarity_tol",
             )
             if getattr(self, name) is not None

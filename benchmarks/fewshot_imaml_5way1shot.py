@@ -31,6 +31,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py --damping2      # λ = 2, --cg-damping 2
     python benchmarks/fewshot_imaml_5way1shot.py --stationary2   # --stationarity-tol 2
     python benchmarks/fewshot_imaml_5way1shot.py --stationary1   # --stationarity-tol 1
+    python benchmarks/fewshot_imaml_5way1shot.py --cg10-stop     # 10 CG steps, truncated CG
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among
@@ -147,6 +148,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     # 95th percentile, up to 9.8 where the inner loop spiked.
     "--stationary2": ("stationary2", {"stationarity_tol": "2"}),
     "--stationary1": ("stationary1", {"stationarity_tol": "1"}),
+    # Ten CG steps, each task's solve stopped at its first direction of non-positive curvature
+    # (--cg-negative-curvature stop): as exact as the system allows, without following the
+    # directions that made --cosine-cg10 fail.
+    "--cg10-stop": ("cg10_stop", {"cg_steps": "10", "cg_negative_curvature": "stop"}),
 }
 
 

@@ -313,22 +313,24 @@ def test_errors_name_the_argument():
     problem = Bilevel(**kw, method="implicit")
     with pytest.raises(ValueError, match="needs inner_batch=.*got inner_batches"):
         problem.value_and_grad(w, params=w, inner_batches=jnp.zeros((2, 3)), outer_batch=None)
-    with pytest.raises(ValueError, match="method='implicit' needs proximal > 0"):
-        make_algorithm("maml", method="implicit")
-    with pytest.raises(ValueError, match="a fixed learning rate"):
-        make_algorithm("imaml", learned_lr="per_parameter")
-    with pytest.raises(ValueError, match="cg_damping applies to method='implicit' only"):
-        make_algorithm("maml", cg_damping=1.0)
-    with pytest.raises(ValueError, match="cg_damping must be a finite number >= 0"):
-        make_algorithm("imaml", cg_damping=-1.0)
-    with pytest.raises(ValueError, match="cg_negative_curvature applies to method='implicit' only"):
-        make_algorithm("maml", cg_negative_curvature="stop")
-    with pytest.raises(ValueError, match="cg_negative_curvature must be one of 'continue', 'stop'"):
-        make_algorithm("imaml", cg_negative_curvature="halt")
-    with pytest.raises(ValueError, match="stationarity_tol applies to method='implicit' only"):
-        make_algorithm("maml", stationarity_tol=1.0)
-    with pytest.raises(ValueError, match="stationarity_tol must be a finite number > 0"):
-        make_algorithm("imaml", stationarity_tol=0.0)
+
+
+@pytest.mark.parametrize(
+    "name, fields, message",
+    [("maml", {"method": "implicit"}, "method='implicit' needs proximal > 0"),
+     ("imaml", {"learned_lr": "per_parameter"}, "a fixed learning rate"),
+     ("maml", {"cg_damping": 1.0}, "cg_damping applies to method='implicit' only"),
+     ("imaml", {"cg_damping": -1.0}, "cg_damping must be a finite number >= 0"),
+     ("maml", {"cg_negative_curvature": "stop"},
+      "cg_negative_curvature applies to method='implicit' only"),
+     ("imaml", {"cg_negative_curvature": "halt"},
+      "cg_negative_curvature must be one of 'continue', 'stop'"),
+     ("maml", {"stationarity_tol": 1.0}, "stationarity_tol applies to method='implicit' only"),
+     ("imaml", {"stationarity_tol": 0.0}, "stationarity_tol must be a finite number > 0")],
+)  # fmt: skip
+def test_implicit_algorithm_options_are_checked_by_name(name, fields, message):
+    with pytest.raises(ValueError, match=message):
+        make_algorithm(name, **fields)
 
 
 def _tiny_task():

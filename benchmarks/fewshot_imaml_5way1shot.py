@@ -33,6 +33,7 @@ Then the compiled memory of the meta-step for K = 5, 20, 50 inner steps (implici
     python benchmarks/fewshot_imaml_5way1shot.py --stationary1   # --stationarity-tol 1
     python benchmarks/fewshot_imaml_5way1shot.py --cg10-stop     # 10 CG steps, truncated CG
     python benchmarks/fewshot_imaml_5way1shot.py --lr003-mom07   # inner lr 0.03, β = 0.7
+    python benchmarks/fewshot_imaml_5way1shot.py --seed1         # the heavy-ball run, seed 1
     python benchmarks/fewshot_imaml_5way1shot.py --test-proximal  # test-time λ of a trained run
 
 After training, the test-time λ of the proximal term is chosen on the validation split among
@@ -159,6 +160,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     # at most 1.54× the trajectory's minimum (lr 0.05: 7.7×), ‖∇ inner loss(θ*)‖ median 0.57
     # (0.38), 98th percentile 2.0 (3.8).
     "--lr003-mom07": ("lr003_mom07", {"inner_lr": "0.03", "inner_momentum": "0.7"}),
+    # The heavy-ball command with another seed (initialisation and episodes): how far apart two
+    # runs of one configuration land, against which the variants' differences are read.
+    "--seed1": ("seed1", {"seed": "1"}),
 }
 
 

@@ -173,7 +173,8 @@ def test_cg_reports_and_optionally_stops_at_negative_curvature(x64):
 
 
 def test_not_converged_warning_names_negative_curvature(x64):
-    """The implicit meta-gradient of a saddle point: the warning says the system is indefinite."""
+    """The implicit meta-gradient of a saddle point: the warning says the system is indefinite
+    and points at the line that asked for the meta-gradient (eagerly and under ``jit``)."""
 
     def inner(w, eta):
         return 0.5 * (w[0] ** 2 - w[1] ** 2) - jnp.dot(eta, w)
@@ -182,8 +183,11 @@ def test_not_converged_warning_names_negative_curvature(x64):
         w = metagrad.argmin_solution(inner, jnp.zeros(2), eta, config=ImplicitConfig(maxiter=1))
         return jnp.sum(w)
 
-    with pytest.warns(RuntimeWarning, match="non-positive curvature: the system is not positive"):
-        jax.grad(outer)(jnp.array([1.0, 2.0])).block_until_ready()
+    for differentiate in (jax.grad(outer), jax.jit(jax.grad(outer))):
+        with pytest.warns(RuntimeWarning, match="non-positive curvature: the system is not") as got:
+            differentiate(jnp.array([1.0, 2.0])).block_until_ready()
+        # raised inside a jax.debug.callback, but it names the user's line, not JAX's
+        assert {w.filename for w in got} == {__file__}
 
 
 def test_argmin_vjp_returns_info_and_float0_for_integer_args(x64):

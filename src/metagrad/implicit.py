@@ -41,6 +41,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import sys
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,6 +51,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as sparse
+import jaxlib
 import numpy as np
 
 from metagrad.treecheck import require_floating_leaves
@@ -544,8 +548,24 @@ def _warn_not_converged(
             "solve the inner problem more accurately, or set ImplicitConfig(warn=False) if a "
             "truncated solve is intended.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=_user_stacklevel(),
         )
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel, for the function that calls this one, that points at the
+    first frame outside JAX and metagrad: the warning is raised inside a ``jax.debug.callback``,
+    and would otherwise name a line of JAX's own source. Falls back to the direct caller when
+    the callback runs on a thread without user frames."""
+    internal = tuple(
+        os.path.dirname(module.__file__ or "") + os.sep
+        for module in (jax, jaxlib, sys.modules[__package__])
+    )
+    frame: types.FrameType | None = sys._getframe(2)
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -524,6 +524,11 @@ def test_imaml_trains_and_resumes_like_the_other_algorithms(tmp_path):
     train(tested, tmp_path / "c", splits=splits, show_progress=False)
     logged = [m for m in metrics(tmp_path / "c" / "metrics.jsonl") if m["kind"] == "train"]
     assert [m["stationary"] for m in logged] == [0.0, 0.0]  # 3 inner steps: none that close
+    from metagrad.fewshot.report import write_report
+
+    report = write_report(tmp_path / "c").read_text()
+    assert "| stationarity_tol | 1e-06 |" in report and "| cg_steps |" not in report
+    assert "left out of the meta-gradient (inner loop not stationary): 100.00% over 2" in report
 
 
 def test_bench_implicit_writes_json_and_png(tmp_path):

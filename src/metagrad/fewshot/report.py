@@ -68,12 +68,18 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return markdown.table(columns, rows, cell=_cell) + "\n"
 
 
+_OPTIONAL_SETTINGS = ("proximal", "inner_momentum", "cg_steps", "cg_damping",
+                      "cg_negative_curvature", "stationarity_tol")  # fmt: skip
+
+
 def _training_section(run_dir: Path, config: dict[str, Any]) -> list[str]:
     parts = ["## Training\n"]
     if config:
         keys = ("ways", "shots", "queries", "steps", "test_steps", "algorithm", "mode", "pattern",
                 "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "iterations", "seed",
                 "channels")  # fmt: skip
+        # The inner-loop options of iMAML and momentum: listed when a run sets them.
+        keys += tuple(k for k in _OPTIONAL_SETTINGS if config.get(k) is not None)
         parts.append(_table(["setting", "value"], [[k, config.get(k)] for k in keys]))
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
@@ -90,6 +96,12 @@ def _training_section(run_dir: Path, config: dict[str, Any]) -> list[str]:
             f"{len(train)} meta-steps logged. Over the last {len(tail)}: training loss "
             f"{loss:.3f}, training accuracy {accuracy:.1f}%, median {step_s:.2f} s per step.\n"
         )
+        kept = [x["stationary"] for x in train if "stationary" in x]
+        if kept:  # --stationarity-tol: how many tasks gave a meta-gradient
+            parts.append(
+                f"Tasks left out of the meta-gradient (inner loop not stationary): "
+                f"{100 * (1 - sum(kept) / len(kept)):.2f}% over {len(kept)} meta-steps.\n"
+            )
     if val:
         rows = [[x["step"], x["accuracy_pct"], x["ci95_pct"], x["tasks"]] for x in val]
         parts += ["Validation:\n", _table(["step", "accuracy %", "± 95% CI", "tasks"], rows)]

@@ -51,7 +51,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as sparse
-import jaxlib
 import numpy as np
 
 from metagrad.treecheck import require_floating_leaves
@@ -559,7 +558,7 @@ def _user_stacklevel() -> int:
     the callback runs on a thread without user frames."""
     internal = tuple(
         os.path.dirname(module.__file__ or "") + os.sep
-        for module in (jax, jaxlib, sys.modules[__package__])
+        for module in (jax, sys.modules[__package__])
     )
     frame: types.FrameType | None = sys._getframe(2)
     level = 2

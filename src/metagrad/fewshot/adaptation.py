@@ -198,7 +198,7 @@ def adapt_task(
             # theorem's premise, ∇ inner loss(θ*) = 0, measured.
             at = jax.lax.stop_gradient((suffix, meta, hs))
             g = jax.grad(inner_loss)(at[0], at[1], (at[2], sy))
-            gradient_norm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+            gradient_norm = optax.tree_utils.tree_norm(g)
     full = list(prefix) + list(suffix)
     if not predict:
         nan = jnp.full((), jnp.nan, hs.dtype)

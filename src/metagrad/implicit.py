@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as sparse
 import numpy as np
+import optax
 
 from metagrad.treecheck import require_floating_leaves
 
@@ -224,7 +225,7 @@ def _cg(
     curvature was met, and with ``stop`` returns the iterate before it (``b`` before any step;
     Nocedal & Wright, *Numerical Optimization*, Algorithm 7.1). Written out rather than
     ``jax.scipy.sparse.linalg.cg``, which does not expose the curvature ``pᵀAp``."""
-    rs0 = _vdot(b, b)
+    rs0 = optax.tree_utils.tree_vdot(b, b)
     threshold = tol**2 * rs0
 
     def cond(state: tuple[Any, ...]) -> jax.Array:
@@ -234,12 +235,12 @@ def _cg(
     def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
         k, x, r, p, rs, negative, _ = state
         ap = matvec(p)
-        curvature = _vdot(p, ap)
+        curvature = optax.tree_utils.tree_vdot(p, ap)
         bad = curvature <= 0
         alpha = rs / jnp.where(curvature == 0, 1.0, curvature)
         x_next = _axpy(alpha, p, x)
         r_next = _axpy(-alpha, ap, r)
-        rs_next = _vdot(r_next, r_next)
+        rs_next = optax.tree_utils.tree_vdot(r_next, r_next)
         p_next = _axpy(rs_next / rs, p, r_next)
         halted = bad & stop
         if stop:  # keep the iterate before the bad direction (b itself before any step)
@@ -251,11 +252,6 @@ def _cg(
     init = (jnp.zeros((), jnp.int32), zeros, b, b, rs0, jnp.zeros((), bool), jnp.zeros((), bool))
     _, x, _, _, _, negative, _ = jax.lax.while_loop(cond, body, init)
     return x, negative
-
-
-def _vdot(x: Pytree, y: Pytree) -> jax.Array:
-    products = [jnp.sum(a * c) for a, c in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
-    return functools.reduce(jnp.add, products)
 
 
 def _neumann(matvec: Callable[[Pytree], Pytree], b: Pytree, alpha: float, terms: int) -> Pytree:

@@ -438,7 +438,8 @@ class ShardedMetaStep:
         )
         out = self._finish(value, aux)
         if isinstance(out, dict):  # as the single-device few-shot step: which leaves are finite
-            out = {**out, "meta_grad_finite": leaf_finiteness(grad)}
+            norm = optax.tree_utils.tree_norm(grad)
+            out = {**out, "meta_grad_finite": leaf_finiteness(grad), "meta_grad_norm": norm}
         return meta, state, out
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

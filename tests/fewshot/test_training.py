@@ -2,13 +2,17 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from metagrad.checkpoints import checkpoint_steps
+from metagrad.data import episodes_at
+from metagrad.fewshot.adaptation import meta_batch_loss
 from metagrad.fewshot.report import write_report
 from metagrad.fewshot.training import (
     CHECKPOINTS,
     TrainConfig,
+    initial_state,
     load_run_state,
     make_model,
     read_config,
@@ -102,6 +106,44 @@ def test_cosine_outer_schedule_decays_to_zero_and_resumes(tmp_path):
     assert TrainConfig().outer_lr_schedule is None
 
 
+def test_outer_clip_clips_before_adam_and_the_norm_is_logged(tmp_path):
+    # The optimiser: Adam of the meta-gradient scaled to global norm ≤ clip. A first gradient of
+    # norm 10 and a second of norm 0.5 (below the clip) give Adam's updates of (g1 / 10, g2).
+    config = TrainConfig(outer_lr=0.01, outer_clip=1.0)
+    g1 = {"w": jax.numpy.array([6.0, 8.0, 0.0])}
+    g2 = {"w": jax.numpy.array([0.3, -0.4, 0.0])}
+    clipped, adam = config.outer_optimizer(), optax.adam(0.01)
+    params = {"w": jax.numpy.zeros(3)}
+    s_clip, s_adam = clipped.init(params), adam.init(params)
+    for g, scaled in ((g1, jax.tree.map(lambda x: x / 10, g1)), (g2, g2)):
+        u_clip, s_clip = clipped.update(g, s_clip)
+        u_adam, s_adam = adam.update(scaled, s_adam)
+        np.testing.assert_allclose(u_clip["w"], u_adam["w"], rtol=1e-6)
+    # Without clipping: plain Adam, the optimiser state of runs from before the option.
+    plain = TrainConfig(outer_lr=0.01).outer_optimizer().init(params)
+    assert jax.tree.structure(plain) == jax.tree.structure(adam.init(params))
+    with pytest.raises(ValueError, match="outer_clip must be a finite number > 0"):
+        TrainConfig(outer_clip=0.0)
+    # The logged norm is the meta-gradient's before clipping: step 1's equals the norm of the
+    # meta-batch loss's gradient at the initial meta-parameters, recomputed in float64.
+    splits = _splits()
+    small = TrainConfig(**{**CONFIG.__dict__, "iterations": 2, "val_every": 0, "outer_clip": 1e-3})
+    train(small, tmp_path / "a", splits=splits, show_progress=False)
+    logged = [m["grad_norm"] for m in _metrics(tmp_path / "a" / "metrics.jsonl")]
+    model = make_model(small, splits)
+    algorithm = small.make_algorithm()
+    episodes = episodes_at(splits.train, small.ways, small.shots, small.queries, small.meta_batch,
+                           small.seed, 0)  # fmt: skip
+    with jax.enable_x64(True):
+        meta = jax.tree.map(lambda x: x.astype(np.float64), initial_state(small, model)["meta"])
+        tasks = tuple(np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in episodes)
+        grad = jax.grad(lambda m: meta_batch_loss(model, algorithm, m, tasks)[0])(meta)
+        expected = float(optax.tree_utils.tree_norm(grad))
+    assert logged[0] == pytest.approx(expected, rel=1e-4)
+    assert logged[0] > 1e-3  # so the step was clipped, and the norm is logged before that
+    assert "| outer_clip | 0.001 |" in write_report(tmp_path / "a").read_text()
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
@@ -113,6 +155,7 @@ def test_cosine_outer_schedule_decays_to_zero_and_resumes(tmp_path):
         (["fewshot", "train", "--pattern", "11111/11111", "--steps", "5"], "--pattern"),
         (["fewshot", "train", "--ways", "0"], "--ways"),
         (["fewshot", "train", "--outer-lr-schedule", "linear"], "--outer-lr-schedule must be one"),
+        (["fewshot", "train", "--outer-clip", "0"], "--outer-clip"),
         (["fewshot", "train", "--dataset", "omniglot"], "--data-root"),
         (["fewshot", "select", "--out", "nowhere", "--threshold", "-1"], "--threshold"),
         (["fewshot", "eval", "--out", "nowhere"], "--out"),

@@ -98,6 +98,12 @@ def register(subparsers: Any) -> None:
         help="constant (default) or cosine: --outer-lr decayed to 0 over --iterations",
     )
     t.add_argument(
+        "--outer-clip",
+        type=positive_number,
+        help="clip the meta-gradient to this global norm before Adam (default: no clipping; "
+        "the norm is logged as grad_norm in metrics.jsonl)",
+    )
+    t.add_argument(
         "--inner-momentum",
         type=momentum,
         help="heavy-ball momentum β in [0, 1) of the inner optimiser (default 0: plain SGD; "

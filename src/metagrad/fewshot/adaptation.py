@@ -254,6 +254,8 @@ def batch_metrics(loss: Array, per_task: dict[str, Array]) -> dict[str, Array]:
 
 # The key of the meta-step's metrics that holds, per meta-gradient leaf, "all entries finite".
 FINITE = "meta_grad_finite"
+# The key of the meta-gradient's global norm (before any clipping by the outer optimiser).
+GRAD_NORM = "meta_grad_norm"
 
 
 def make_meta_step(
@@ -275,8 +277,8 @@ def make_meta_step(
 
     Returns:
       ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy",
-      "meta_grad_finite"})`` (means over the meta-batch; per meta-gradient leaf, whether it is
-      finite): ``metagrad.meta_train_step`` of the meta-batch loss, jitted. A step with a
+      "meta_grad_finite", "meta_grad_norm"})`` (means over the meta-batch; per meta-gradient
+      leaf, whether it is finite; the meta-gradient's global norm): ``metagrad.meta_train_step`` of the meta-batch loss, jitted. A step with a
       non-finite loss or meta-gradient is not applied.
     """
 
@@ -290,7 +292,9 @@ def make_meta_step(
     @jax.jit
     def step(meta: Meta, opt_state: Any, tasks: Task) -> tuple[Meta, Any, dict[str, Any]]:
         meta, opt_state, loss, per_task, grad = train(meta, opt_state, tasks=tasks)
-        return meta, opt_state, {**batch_metrics(loss, per_task), FINITE: leaf_finiteness(grad)}
+        metrics = batch_metrics(loss, per_task)
+        norm = optax.tree_utils.tree_norm(grad)
+        return meta, opt_state, {**metrics, FINITE: leaf_finiteness(grad), GRAD_NORM: norm}
 
     return step
 

@@ -31,7 +31,7 @@ from metagrad.data import (
     miniimagenet_splits,
     omniglot_splits,
 )
-from metagrad.fewshot.adaptation import FINITE
+from metagrad.fewshot.adaptation import FINITE, GRAD_NORM
 from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.network import n_layers
@@ -69,6 +69,10 @@ class TrainConfig:
         so that the final meta-parameters come from small steps rather than from wherever the
         last large step left them. A cosine run cannot be extended with more iterations (its
         schedule depends on them).
+      outer_clip: clip the meta-gradient to this global norm before Adam (None: no clipping).
+        Adam's normalised step makes one outlier meta-gradient (e.g. of a task whose inner loop
+        blew up) a step of ~3 × ``outer_lr`` along it that its momentum carries for ~10 steps;
+        clipping bounds it. The norm before clipping is logged as ``grad_norm``.
       meta_batch: tasks per meta-step.
       iterations: meta-steps.
       seed: seed of parameters and episodes.
@@ -122,6 +126,7 @@ class TrainConfig:
     memory_budget: int | None = None
     cg_negative_curvature: str | None = None
     stationarity_tol: float | None = None
+    outer_clip: float | None = None
 
     def __post_init__(self) -> None:
         require_one_of("dataset", self.dataset, DATASETS)
@@ -151,6 +156,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+        clip = self.outer_clip
+        if clip is not None and not (isinstance(clip, int | float) and 0 < clip < math.inf):
+            raise ValueError(
+                f"outer_clip must be a finite number > 0 (a global norm of the meta-gradient); "
+                f"got {clip!r}."
+            )
         self._check_inner_options()
         self.make_algorithm()  # e.g. --algorithm imaml with a --pattern fails here, by name
 
@@ -202,12 +213,12 @@ class TrainConfig:
         """Adam of the meta-parameters, at ``outer_lr`` or along its ``outer_lr_schedule``."""
         return _outer_optimizer(*self._outer_key())
 
-    def _outer_key(self) -> tuple[float, str, int]:
+    def _outer_key(self) -> tuple[float, str, int, float | None]:
         # What the outer optimiser depends on (the iterations only through a schedule), so that
         # a constant-rate run extended with more iterations reuses its compiled meta-step.
         schedule = self.outer_lr_schedule or "constant"
         decay_steps = self.iterations if schedule == "cosine" else 0
-        return self.outer_lr, schedule, decay_steps
+        return self.outer_lr, schedule, decay_steps, self.outer_clip
 
     def make_algorithm(self) -> Algorithm:
         """The ``Algorithm`` this configuration names."""
@@ -257,17 +268,20 @@ def make_model(config: TrainConfig, splits: Splits) -> Conv4:
     )
 
 
-def _outer_optimizer(lr: float, schedule: str, decay_steps: int) -> optax.GradientTransformation:
-    if schedule == "cosine":
-        return optax.adam(optax.cosine_decay_schedule(lr, decay_steps))
-    return optax.adam(lr)
+def _outer_optimizer(
+    lr: float, schedule: str, decay_steps: int, clip: float | None
+) -> optax.GradientTransformation:
+    rate = optax.cosine_decay_schedule(lr, decay_steps) if schedule == "cosine" else lr
+    if clip is None:  # plain Adam: the optimiser state of every run before outer_clip existed
+        return optax.adam(rate)
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(rate))
 
 
 @functools.lru_cache(maxsize=8)
 def _meta_step(
     model: Conv4,
     algorithm: Algorithm,
-    outer: tuple[float, str, int],
+    outer: tuple[float, str, int, float | None],
     mesh: Mesh | None,
     params: str,
 ) -> Any:
@@ -441,6 +455,7 @@ def train(
                     "kind": "train",
                     "loss": float(m["loss"]),
                     "accuracy": float(m["accuracy"]),
+                    "grad_norm": float(m[GRAD_NORM]),
                     **({"stationary": float(m["stationary"])} if "stationary" in m else {}),
                     "time_s": time.perf_counter() - t0,
                 }

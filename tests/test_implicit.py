@@ -172,6 +172,29 @@ def test_cg_reports_and_optionally_stops_at_negative_curvature(x64):
         ImplicitConfig(solver="gmres", negative_curvature="stop")
 
 
+def test_max_gain_caps_the_solution_norm_and_keeps_its_direction(x64):
+    """A near-singular system amplifies b by ~1/ε: with ``max_gain`` the solution is rescaled to
+    ``max_gain · ‖b‖`` along the exact solution's direction, and ``SolveInfo.capped`` says so; a
+    solution within the bound is left as it is."""
+    eps = 1e-4
+    a = np.diag([2.0, 1.0, eps])
+    b = np.array([1.0, 1.0, 1.0])
+    exact = b / np.diag(a)  # ‖exact‖ ≈ 1e4
+    matvec = lambda v: jnp.asarray(a) @ v  # noqa: E731
+    config = ImplicitConfig(tol=1e-12, maxiter=10, max_gain=3.0)
+    x, info = metagrad.solve_linear(matvec, jnp.asarray(b), config)
+    want = exact * 3.0 * np.linalg.norm(b) / np.linalg.norm(exact)
+    np.testing.assert_allclose(np.asarray(x), want, rtol=1e-10)
+    assert bool(info.capped) and bool(info.converged)  # the solver's own solution converged
+    wide = dataclasses.replace(config, max_gain=2e4)
+    x, info = metagrad.solve_linear(matvec, jnp.asarray(b), wide)
+    np.testing.assert_allclose(np.asarray(x), exact, rtol=1e-10)
+    assert not bool(info.capped)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="max_gain must be a finite number > 0"):
+            ImplicitConfig(max_gain=bad)
+
+
 def test_not_converged_warning_names_negative_curvature(x64):
     """The implicit meta-gradient of a saddle point: the warning says the system is indefinite
     and points at the line that asked for the meta-gradient (eagerly and under ``jit``)."""
@@ -330,7 +353,9 @@ def test_errors_name_the_argument():
      ("imaml", {"cg_negative_curvature": "halt"},
       "cg_negative_curvature must be one of 'continue', 'stop'"),
      ("maml", {"stationarity_tol": 1.0}, "stationarity_tol applies to method='implicit' only"),
-     ("imaml", {"stationarity_tol": 0.0}, "stationarity_tol must be a finite number > 0")],
+     ("imaml", {"stationarity_tol": 0.0}, "stationarity_tol must be a finite number > 0"),
+     ("maml", {"cg_max_gain": 1.0}, "cg_max_gain applies to method='implicit' only"),
+     ("imaml", {"cg_max_gain": 0.0}, "cg_max_gain must be a finite number > 0")],
 )  # fmt: skip
 def test_implicit_algorithm_options_are_checked_by_name(name, fields, message):
     with pytest.raises(ValueError, match=message):
@@ -440,6 +465,46 @@ def test_stationarity_tol_keeps_only_stationary_tasks_in_the_meta_gradient(x64):
     assert per["stationary"].tolist() == [True, True]
     for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_all), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+
+
+def test_cg_max_gain_caps_each_tasks_imaml_meta_gradient(x64):
+    """``cg_max_gain = ρ``: a task's implicit meta-gradient m = λ (H + λI)⁻¹ g is rescaled to
+    ``ρ‖g‖`` when longer (g: the query gradient at θ*), per task, so that in a meta-batch only
+    the long task's share changes (float64). Away from a minimum (one inner step, weak λ)
+    H + λI has small or negative eigenvalues and amplifies g."""
+    from metagrad.fewshot import meta_batch_loss
+
+    model, params, task = _tiny_task()
+    lam = 0.05
+    base = make_algorithm("imaml", steps=1, inner_lr=0.5, proximal=lam, cg_steps=60)
+    meta = base.init_meta(params)
+
+    def grad_of(alg, batch):
+        fn = lambda m: meta_batch_loss(model, alg, m, batch)[0]  # noqa: E731
+        return np.asarray(jax.flatten_util.ravel_pytree(jax.grad(fn)(meta)["params"])[0])
+
+    def gain_of(t):
+        """The meta-gradient m of one task and its gain ‖m‖/‖g‖."""
+        theta, unravel = jax.flatten_util.ravel_pytree(adapt_task(model, base, meta, t).params)
+        g = jax.grad(lambda v: cross_entropy(model.apply(unravel(v), t[2]), t[3]))(theta)
+        m = grad_of(base, tuple(a[None] for a in t))
+        return m, np.linalg.norm(m) / np.linalg.norm(np.asarray(g))
+
+    # A second task with weak curvature (inputs scaled down): H ≈ 0, m ≈ g, gain ≈ 1.
+    small = (0.01 * task[0], task[1], task[2], task[3])
+    (m_a, gain_a), (m_b, gain_b) = gain_of(task), gain_of(small)
+    assert gain_a > 1.1 * gain_b and gain_a > 1, (gain_a, gain_b)  # only H + λI amplifies
+    rho = (gain_a + gain_b) / 2
+    capped = dataclasses.replace(base, cg_max_gain=rho)
+    np.testing.assert_allclose(grad_of(capped, (tuple(a[None] for a in task))), m_a * rho / gain_a,
+                               rtol=1e-9)  # fmt: skip
+    # A cap above the gain changes nothing.
+    loose = dataclasses.replace(base, cg_max_gain=2 * gain_a)
+    np.testing.assert_allclose(grad_of(loose, tuple(a[None] for a in task)), m_a, rtol=1e-12)
+    # In a meta-batch of both, only the long task is rescaled: the mean of (capped, untouched).
+    pair = tuple(jnp.stack(p) for p in zip(task, small, strict=True))
+    np.testing.assert_allclose(grad_of(capped, pair), (m_a * rho / gain_a + m_b) / 2, rtol=1e-9,
+                               atol=1e-14)  # fmt: skip
 
 
 @pytest.mark.parametrize("rule", ["continue", "stop"])

@@ -89,6 +89,12 @@ class ImplicitConfig:
         anything: ``"continue"`` (default; plain CG) or ``"stop"``: return the iterate before
         that direction (truncated CG, as Newton-CG and Steihaug's trust-region CG do; before
         any step, ``b`` itself). Either way ``SolveInfo.negative_curvature`` reports it.
+      max_gain: bound on the solution's norm, ``‖x‖ ≤ max_gain · ‖b‖``; a larger solution is
+        rescaled to it (its direction kept) and ``SolveInfo.capped`` says so. ``None``
+        (default): no bound. For ``A + δI ⪰ μI`` the exact solution has ``‖x‖ ≤ ‖b‖/μ``; a
+        solve that amplifies far more has met a near-singular or indefinite system, and its
+        solution is dominated by the few directions of smallest ``|eigenvalue|`` (one such
+        task's meta-gradient can outweigh a whole meta-batch).
 
     Examples:
       >>> import metagrad
@@ -104,6 +110,7 @@ class ImplicitConfig:
     restart: int = 20
     warn: bool = True
     negative_curvature: str = "continue"
+    max_gain: float | None = None
 
     def __post_init__(self) -> None:
         if self.solver is not None and self.solver not in SOLVERS:
@@ -129,6 +136,13 @@ class ImplicitConfig:
                 "ImplicitConfig: negative_curvature must be one of "
                 f"{', '.join(NEGATIVE_CURVATURE)}; got {self.negative_curvature!r}."
             )
+        gain = self.max_gain
+        if gain is not None and not (
+            isinstance(gain, int | float) and not isinstance(gain, bool) and 0 < gain < math.inf
+        ):
+            raise ValueError(
+                f"ImplicitConfig: max_gain must be a finite number > 0 (or None); got {gain!r}."
+            )
         if self.negative_curvature == "stop" and self.solver not in (None, "cg"):
             raise ValueError(
                 "ImplicitConfig: negative_curvature='stop' needs solver='cg' (the only solver "
@@ -150,12 +164,15 @@ class SolveInfo(NamedTuple):
       negative_curvature: conjugate gradient met a direction ``p`` with ``pᵀ(A + δI)p ≤ 0``:
         the system is not positive definite (always False for the other solvers, which do not
         see it).
+      capped: the solution was rescaled to ``ImplicitConfig.max_gain · ‖b‖`` (the residual is
+        that of the solver's own solution).
     """
 
     residual: jax.Array
     relative_residual: jax.Array
     converged: jax.Array
     negative_curvature: jax.Array
+    capped: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +231,14 @@ def solve_linear(
     residual = _norm(_axpy(-1.0, damped(x), b))
     b_norm = _norm(b)
     relative = jnp.where(b_norm > 0, residual / jnp.where(b_norm > 0, b_norm, 1.0), residual)
-    return x, SolveInfo(residual, relative, relative <= config.tol, negative)
+    capped = jnp.zeros((), bool)
+    if config.max_gain is not None:
+        x_norm = _norm(x)
+        bound = config.max_gain * b_norm
+        capped = x_norm > bound
+        scale = jnp.where(capped, bound / jnp.where(capped, x_norm, 1.0), 1.0)
+        x = jax.tree.map(lambda leaf: leaf * scale.astype(leaf.dtype), x)
+    return x, SolveInfo(residual, relative, relative <= config.tol, negative, capped)
 
 
 def _cg(

@@ -94,6 +94,12 @@ def register(subparsers: Any) -> None:
         "(imaml only; default: every task does)",
     )
     t.add_argument(
+        "--cg-max-gain",
+        type=positive_number,
+        help="cap a task's implicit meta-gradient at this multiple of its query gradient's norm "
+        "(1: no longer than a positive semi-definite Hessian allows; imaml only; default: no cap)",
+    )
+    t.add_argument(
         "--outer-lr-schedule",
         help="constant (default) or cosine: --outer-lr decayed to 0 over --iterations",
     )

@@ -185,6 +185,12 @@ def adapt_task(
                     tol=0.0,
                     damping=algorithm.cg_damping,
                     negative_curvature=algorithm.cg_negative_curvature,
+                    # the system is (H + λI) x = g, the meta-gradient λx: a gain of ρ/λ in x
+                    max_gain=(
+                        None
+                        if algorithm.cg_max_gain is None
+                        else algorithm.cg_max_gain / algorithm.proximal
+                    ),
                     warn=False,
                 )
                 if algorithm.method == "implicit"

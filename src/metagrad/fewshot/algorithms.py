@@ -95,6 +95,12 @@ class Algorithm:
         theorem holds only at a stationary point; where the inner loop diverged (e.g. heavy ball
         past its stable step size on a sharp task) the implicit meta-gradient is meaningless.
         None (default): every task counts.
+      cg_max_gain: with ``method="implicit"``, a task's meta-gradient ``λ (H + λI)⁻¹ g`` (g: the
+        query loss's gradient at θ*) is capped at ``cg_max_gain · ‖g‖``, its direction kept
+        (``ImplicitConfig.max_gain = cg_max_gain / λ``). With a positive semi-definite H the
+        exact meta-gradient is never longer than g, so 1 only touches tasks whose system is
+        near-singular or indefinite, where CG's solution can be tens of times longer than any
+        other task's and unrelated to the true derivative. None (default): no cap.
     """
 
     name: str = "maml"
@@ -113,6 +119,7 @@ class Algorithm:
     inner_momentum: float = 0.0
     cg_negative_curvature: str = "continue"
     stationarity_tol: float | None = None
+    cg_max_gain: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -163,6 +170,17 @@ class Algorithm:
                 f"Algorithm {self.name!r}: inner_momentum needs a fixed learning rate; got "
                 f"learned_lr={self.learned_lr!r}."
             )
+        gain = self.cg_max_gain
+        if gain is not None:
+            if not (isinstance(gain, int | float) and 0 < gain < math.inf):
+                raise ValueError(
+                    f"Algorithm: cg_max_gain must be a finite number > 0 (or None); got {gain!r}."
+                )
+            if self.method != "implicit":
+                raise ValueError(
+                    f"Algorithm {self.name!r}: cg_max_gain applies to method='implicit' only; "
+                    f"got method={self.method!r}."
+                )
         if self.stationarity_tol is not None:
             tol = self.stationarity_tol
             if not (isinstance(tol, int | float) and 0 < tol < math.inf):
@@ -264,6 +282,7 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
         cg_damping=0.0,
         cg_negative_curvature="continue",
         stationarity_tol=None,
+        cg_max_gain=None,
     )
 
 

@@ -93,6 +93,9 @@ class TrainConfig:
       stationarity_tol: tasks whose inner loop ended with ``‖∇ inner loss‖`` above it give no
         meta-gradient (None: every task does; see ``Algorithm.stationarity_tol``); only for an
         implicit algorithm (imaml). The fraction of tasks kept is logged as ``stationary``.
+      cg_max_gain: cap of a task's implicit meta-gradient at this multiple of its query
+        gradient's norm (None: no cap; see ``Algorithm.cg_max_gain``); only for an implicit
+        algorithm (imaml).
     """
 
     dataset: str = "glyphs"
@@ -127,6 +130,7 @@ class TrainConfig:
     cg_negative_curvature: str | None = None
     stationarity_tol: float | None = None
     outer_clip: float | None = None
+    cg_max_gain: float | None = None
 
     def __post_init__(self) -> None:
         require_one_of("dataset", self.dataset, DATASETS)
@@ -187,13 +191,17 @@ class TrainConfig:
             isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0
         ):
             raise ValueError(f"cg_damping must be a finite number >= 0; got {damping!r}.")
-        tol = self.stationarity_tol
-        if tol is not None and not (isinstance(tol, int | float) and 0 < tol < math.inf):
-            raise ValueError(f"stationarity_tol must be a finite number > 0; got {tol!r}.")
+        for name in ("stationarity_tol", "cg_max_gain"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
         if self.cg_negative_curvature is not None:
             require_one_of("cg_negative_curvature", self.cg_negative_curvature, NEGATIVE_CURVATURE)
         # options of the implicit meta-gradient only
-        for name in ("cg_steps", "cg_damping", "cg_negative_curvature", "stationarity_tol"):
+        implicit_only = (
+            "cg_steps", "cg_damping", "cg_negative_curvature", "stationarity_tol", "cg_max_gain"
+        )  # fmt: skip
+        for name in implicit_only:
             if getattr(self, name) is not None and base.method != "implicit":
                 raise ValueError(
                     f"{name} applies to the implicit meta-gradient (algorithm 'imaml') only; "
@@ -233,6 +241,7 @@ class TrainConfig:
                 "memory_budget",
                 "cg_negative_curvature",
                 "stationarity_tol",
+                "cg_max_gain",
             )
             if getattr(self, name) is not None
         }

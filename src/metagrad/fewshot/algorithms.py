@@ -46,6 +46,16 @@ LAYER_RULES: tuple[str, ...] = ("all", "head", "body")
 LEARNED_LR: tuple[str | None, ...] = (None, "per_parameter", "per_layer_step")
 
 
+# The options of the implicit solve, with the values that mean "not used": an unrolled algorithm
+# must leave them there (cg_steps is not among them: it has a default for every algorithm).
+IMPLICIT_OPTIONS: dict[str, Any] = {
+    "cg_damping": 0.0,
+    "cg_negative_curvature": "continue",
+    "stationarity_tol": None,
+    "cg_max_gain": None,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
     """A member of the MAML family.
@@ -155,12 +165,6 @@ class Algorithm:
         require_one_of(
             "Algorithm: cg_negative_curvature", self.cg_negative_curvature, NEGATIVE_CURVATURE
         )
-        for name, default in (("cg_damping", 0.0), ("cg_negative_curvature", "continue")):
-            if getattr(self, name) != default and self.method != "implicit":
-                raise ValueError(
-                    f"Algorithm {self.name!r}: {name} applies to method='implicit' only; got "
-                    f"method={self.method!r}."
-                )
         if not (isinstance(self.inner_momentum, int | float) and 0 <= self.inner_momentum < 1):
             raise ValueError(
                 f"Algorithm: inner_momentum must be in [0, 1); got {self.inner_momentum!r}."
@@ -170,28 +174,17 @@ class Algorithm:
                 f"Algorithm {self.name!r}: inner_momentum needs a fixed learning rate; got "
                 f"learned_lr={self.learned_lr!r}."
             )
-        gain = self.cg_max_gain
-        if gain is not None:
-            if not (isinstance(gain, int | float) and 0 < gain < math.inf):
+        for name in ("stationarity_tol", "cg_max_gain"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ValueError(
-                    f"Algorithm: cg_max_gain must be a finite number > 0 (or None); got {gain!r}."
+                    f"Algorithm: {name} must be a finite number > 0 (or None); got {value!r}."
                 )
-            if self.method != "implicit":
+        for name, default in IMPLICIT_OPTIONS.items():
+            if getattr(self, name) != default and self.method != "implicit":
                 raise ValueError(
-                    f"Algorithm {self.name!r}: cg_max_gain applies to method='implicit' only; "
-                    f"got method={self.method!r}."
-                )
-        if self.stationarity_tol is not None:
-            tol = self.stationarity_tol
-            if not (isinstance(tol, int | float) and 0 < tol < math.inf):
-                raise ValueError(
-                    f"Algorithm: stationarity_tol must be a finite number > 0 (or None); got "
-                    f"{tol!r}."
-                )
-            if self.method != "implicit":
-                raise ValueError(
-                    f"Algorithm {self.name!r}: stationarity_tol applies to method='implicit' "
-                    f"only; got method={self.method!r}."
+                    f"Algorithm {self.name!r}: {name} applies to method='implicit' only; got "
+                    f"method={self.method!r}."
                 )
         if self.method == "implicit":
             problems = []
@@ -279,10 +272,7 @@ def at_test_time(algorithm: Algorithm, *, proximal: float | None = None) -> Algo
         algorithm,
         proximal=proximal,
         method="unroll",
-        cg_damping=0.0,
-        cg_negative_curvature="continue",
-        stationarity_tol=None,
-        cg_max_gain=None,
+        **IMPLICIT_OPTIONS,
     )
 
 

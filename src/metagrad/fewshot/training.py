@@ -32,7 +32,7 @@ from metagrad.data import (
     omniglot_splits,
 )
 from metagrad.fewshot.adaptation import FINITE, GRAD_NORM
-from metagrad.fewshot.algorithms import ALGORITHMS, Algorithm, make_algorithm
+from metagrad.fewshot.algorithms import ALGORITHMS, IMPLICIT_OPTIONS, Algorithm, make_algorithm
 from metagrad.fewshot.evaluation import evaluate
 from metagrad.fewshot.network import n_layers
 from metagrad.fewshot.patterns import Pattern
@@ -198,10 +198,7 @@ class TrainConfig:
         if self.cg_negative_curvature is not None:
             require_one_of("cg_negative_curvature", self.cg_negative_curvature, NEGATIVE_CURVATURE)
         # options of the implicit meta-gradient only
-        implicit_only = (
-            "cg_steps", "cg_damping", "cg_negative_curvature", "stationarity_tol", "cg_max_gain"
-        )  # fmt: skip
-        for name in implicit_only:
+        for name in ("cg_steps", *IMPLICIT_OPTIONS):
             if getattr(self, name) is not None and base.method != "implicit":
                 raise ValueError(
                     f"{name} applies to the implicit meta-gradient (algorithm 'imaml') only; "

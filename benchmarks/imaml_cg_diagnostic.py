@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from metagrad.data import episodes_at
 from metagrad.fewshot.adaptation import adapt_task
 from metagrad.fewshot.network import apply_layers, task_losses
-from metagrad.fewshot.training import load_run_state, load_splits, make_model, read_config
+from metagrad.fewshot.training import load_trained
 
 
 def power_iteration(matvec, n: int, iters: int, key) -> float:
@@ -119,11 +119,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--cg", type=int, default=20)
     args = parser.parse_args()
-    config, step = read_config(args.run)
-    splits = load_splits(config)
-    model = make_model(config, splits)
+    config, step, splits, model, meta = load_trained(args.run)
     algorithm = config.make_algorithm()
-    meta = load_run_state(args.run, config, model).state["meta"]
     batch = episodes_at(splits.train, config.ways, config.shots, config.queries, args.tasks,
                         config.seed, 0)  # fmt: skip
     tasks = [tuple(a[i] for a in batch) for i in range(args.tasks)]

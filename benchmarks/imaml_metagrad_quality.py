@@ -20,6 +20,12 @@ of the meta-batch means (groups of 8 tasks, as a meta-step). Float32 model, CG i
     python benchmarks/imaml_metagrad_quality.py [RUN_FOLDER] [--tasks 32]
 
 Writes ``RUN/metagrad_quality.json``.
+
+With ``--outliers``: the meta-gradient's norm over 12 training meta-batches (meta-batch 8) at
+the initialisation and at the run's θ₀, without and with ``cg_max_gain = 1``; the per-task
+implicit meta-gradients' norms over those 96 tasks; and for the four longest and three typical
+ones, the unrolled derivative's norm and its cosine with the implicit one, the task's
+``‖∇ inner loss(θ*)‖`` and its inner loss along the 16 steps. Writes ``RUN/outliers.json``.
 """
 
 import argparse
@@ -33,10 +39,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from metagrad.data import episodes_at
-from metagrad.fewshot.adaptation import adapt_task
+from metagrad.fewshot.adaptation import adapt_task, meta_batch_loss
 from metagrad.fewshot.algorithms import make_algorithm
 from metagrad.fewshot.network import apply_layers, task_losses
-from metagrad.fewshot.training import load_run_state, load_splits, make_model, read_config
+from metagrad.fewshot.training import initial_state, load_trained
 
 CG_STEPS = (5, 10, 20)
 
@@ -64,10 +70,7 @@ def meta_gradients(model, algorithm, meta, task) -> dict[str, np.ndarray]:
     def measured(m, alg):
         return adapt_task(model, alg, m, task).loss
 
-    unroll = make_algorithm(
-        "maml", steps=algorithm.steps, inner_lr=algorithm.inner_lr,
-        inner_momentum=algorithm.inner_momentum, proximal=lam, mode="mixflow",
-    )  # fmt: skip
+    unroll = unrolled_twin(algorithm)
     out = {"unrolled": ravel_pytree(jax.grad(measured)(meta, unroll)["params"])[0]}
     for k in CG_STEPS:
         alg = dataclasses.replace(algorithm, cg_steps=k)
@@ -102,17 +105,88 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+def unrolled_twin(algorithm):
+    """The same inner loop (steps, lr, momentum, proximal term), differentiated through."""
+    return make_algorithm(
+        "maml", steps=algorithm.steps, inner_lr=algorithm.inner_lr,
+        inner_momentum=algorithm.inner_momentum, proximal=algorithm.proximal, mode="mixflow",
+    )  # fmt: skip
+
+
+def outliers(run: str, batches: int = 12, first_step: int = 20_000) -> dict:
+    """Where the meta-gradient's outliers come from (see the module docstring)."""
+    config, step, splits, model, meta = load_trained(run)
+    algorithm = config.make_algorithm()
+    init = initial_state(config, model)["meta"]
+    episodes = [
+        tuple(episodes_at(splits.train, config.ways, config.shots, config.queries,
+                          config.meta_batch, config.seed, first_step + s))
+        for s in range(batches)
+    ]  # fmt: skip
+    out: dict = {"run": run, "step": step, "meta_batches": batches, "meta_batch_norms": {}}
+    capped = dataclasses.replace(algorithm, cg_max_gain=1.0)
+    for label, m, alg in (("init", init, algorithm), ("trained", meta, algorithm),
+                          ("trained, cg_max_gain 1", meta, capped)):  # fmt: skip
+        grad = jax.jit(jax.grad(lambda p, t, a=alg: meta_batch_loss(model, a, p, t)[0]))
+        norms = [float(np.linalg.norm(ravel_pytree(grad(m, e))[0])) for e in episodes]
+        out["meta_batch_norms"][label] = norms
+        print(f"meta-batch norms, {label}: " + " ".join(f"{n:.2f}" for n in norms), flush=True)
+
+    def per_task(alg):
+        def f(m, task):
+            r = adapt_task(model, alg, m, task)
+            return r.loss, r
+
+        return jax.jit(jax.grad(f, has_aux=True))
+
+    implicit, unrolled = per_task(algorithm), per_task(unrolled_twin(algorithm))
+    rows = []
+    for b, e in enumerate(episodes):
+        for i in range(config.meta_batch):
+            task = tuple(a[i] for a in e)
+            g, r = implicit(meta, task)
+            rows.append({"batch": b, "task": i, "grad": ravel_pytree(g["params"])[0],
+                         "inner_gradient_norm": float(r.inner_gradient_norm),
+                         "query_accuracy": float(r.accuracy),
+                         "inner_losses": np.asarray(r.inner_losses).tolist(), "x": task})  # fmt: skip
+    for row in rows:
+        row["norm"] = float(np.linalg.norm(row["grad"]))
+    rows.sort(key=lambda row: -row["norm"])
+    norms = [row["norm"] for row in rows]
+    out["task_norms"] = {"median": float(np.median(norms)),
+                         "p90": float(np.percentile(norms, 90)), "sorted": norms}  # fmt: skip
+    print(f"per-task implicit norms: median {np.median(norms):.2f}, 90th percentile "
+          f"{np.percentile(norms, 90):.2f}, longest {norms[:4]}")  # fmt: skip
+    mid = len(rows) // 2
+    out["tasks"] = []
+    for row in rows[:4] + rows[mid : mid + 3]:
+        g, _ = unrolled(meta, row["x"])
+        u = ravel_pytree(g["params"])[0]
+        entry = {k: row[k] for k in ("batch", "task", "norm", "inner_gradient_norm",
+                                     "query_accuracy", "inner_losses")}  # fmt: skip
+        entry["unrolled_norm"] = float(np.linalg.norm(u))
+        entry["cosine"] = cosine(np.asarray(u, np.float64), np.asarray(row["grad"], np.float64))
+        out["tasks"].append(entry)
+        print(f"batch {row['batch']} task {row['task']}: implicit {row['norm']:.2f}, unrolled "
+              f"{entry['unrolled_norm']:.2f}, cosine {entry['cosine']:+.3f}, ‖∇ inner(θ*)‖ "
+              f"{row['inner_gradient_norm']:.2f}, inner loss "
+              f"{' '.join(f'{v:.2f}' for v in row['inner_losses'][::4])}", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", nargs="?", default="results/fewshot/glyphs_5w1s_imaml")
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--episode-step", type=int, default=10_000)
+    parser.add_argument("--outliers", action="store_true")
     args = parser.parse_args()
-    config, step = read_config(args.run)
-    splits = load_splits(config)
-    model = make_model(config, splits)
+    if args.outliers:
+        summary = outliers(args.run)
+        Path(args.run, "outliers.json").write_text(json.dumps(summary, indent=1))
+        return
+    config, step, splits, model, meta = load_trained(args.run)
     algorithm = config.make_algorithm()
-    meta = load_run_state(args.run, config, model).state["meta"]
     # Training tasks of a step past the run (not ones the run stepped on).
     batch = episodes_at(splits.train, config.ways, config.shots, config.queries, args.tasks,
                         config.seed, args.episode_step)  # fmt: skip

@@ -246,13 +246,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
-    from metagrad.fewshot.training import (
-        CHECKPOINTS,
-        load_run_state,
-        load_splits,
-        make_model,
-        read_config,
-    )
+    from metagrad.fewshot.training import CHECKPOINTS, load_trained
 
     if not (out / CHECKPOINTS).exists():
         raise _fail(
@@ -261,16 +255,10 @@ def _load_run(command: str, out: Path) -> tuple[Any, Any, Any, Any]:
             "first.",
         )
     try:
-        config, _ = read_config(out)
+        run = load_trained(out)
     except (FileNotFoundError, ValueError) as err:
         raise _fail(command, f"--out {out}: {err}") from None
-    splits = load_splits(config)
-    model = make_model(config, splits)
-    try:
-        meta = load_run_state(out, config, model).state["meta"]
-    except (FileNotFoundError, ValueError) as err:
-        raise _fail(command, f"--out {out}: {err}") from None
-    return config, splits, model, meta
+    return run.config, run.splits, run.model, run.meta
 
 
 def _check_fits(

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -327,6 +327,30 @@ def load_run_state(
     """Restores a run's newest readable checkpoint into :func:`initial_state`'s structure."""
     target = initial_state(config, model)
     return checkpoints.load_checkpoint(Path(out) / CHECKPOINTS, target=target)
+
+
+class TrainedRun(NamedTuple):
+    """A trained run read back from its folder (:func:`load_trained`)."""
+
+    config: TrainConfig
+    step: int
+    splits: Splits
+    model: Conv4
+    meta: Any
+
+
+def load_trained(out: str | os.PathLike[str]) -> TrainedRun:
+    """A run's configuration, data splits, model and meta-parameters of its newest checkpoint:
+    what ``eval``, ``select`` and the diagnostics start from.
+
+    Raises:
+      FileNotFoundError: when ``out`` holds no checkpoint; ValueError: when none can be read.
+    """
+    config, step = read_config(out)
+    splits = load_splits(config)
+    model = make_model(config, splits)
+    meta = load_run_state(out, config, model).state["meta"]
+    return TrainedRun(config, step, splits, model, meta)
 
 
 def _extensible(config: TrainConfig) -> tuple[str, ...]:

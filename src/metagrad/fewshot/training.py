@@ -572,7 +572,9 @@ def plot_metrics(
     metrics: str | os.PathLike[str], path: str | os.PathLike[str], title: str = ""
 ) -> Path:
     """PNG of a run's ``metrics.jsonl``: training loss and accuracy (moving average over 50
-    steps) and validation accuracy ± 95% CI against the meta-step."""
+    steps) and validation accuracy ± 95% CI against the meta-step; when the metrics have it
+    (runs since ``grad_norm`` is logged), a third panel with the meta-gradient's norm (log
+    scale), where outlier meta-gradients show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -583,17 +585,24 @@ def plot_metrics(
     va = [x for x in lines if x["kind"] == "val"]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    keys = ["loss", "accuracy"] + (
+        ["grad_norm"] if tr and all("grad_norm" in x for x in tr) else []
+    )
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
+    ax_l, ax_a = axes[0], axes[1]
     steps = np.array([x["step"] for x in tr])
     w = min(50, max(1, len(tr)))
     kernel = np.ones(w) / w
-    for ax, key in ((ax_l, "loss"), (ax_a, "accuracy")):
+    for ax, key in zip(axes, keys, strict=True):
         values = np.array([x[key] for x in tr]) * (100 if key == "accuracy" else 1)
         ax.plot(steps, values, color="0.8", lw=0.6)
         if len(values) >= w:
             ax.plot(steps[w - 1 :], np.convolve(values, kernel, "valid"), color="C0",
                     label=f"train (query, {w}-step mean)")  # fmt: skip
         ax.set_xlabel("meta-step")
+    if len(keys) == 3:
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("meta-gradient norm")
     if va:
         ax_a.errorbar([x["step"] for x in va], [x["accuracy_pct"] for x in va],
                       yerr=[x["ci95_pct"] for x in va], fmt="o-", color="C1", ms=4,

@@ -284,8 +284,9 @@ def make_meta_step(
     Returns:
       ``step(meta, opt_state, tasks) -> (meta, opt_state, {"loss", "accuracy",
       "meta_grad_finite", "meta_grad_norm"})`` (means over the meta-batch; per meta-gradient
-      leaf, whether it is finite; the meta-gradient's global norm): ``metagrad.meta_train_step`` of the meta-batch loss, jitted. A step with a
-      non-finite loss or meta-gradient is not applied.
+      leaf, whether it is finite; the meta-gradient's global norm, before any clipping):
+      ``metagrad.meta_train_step`` of the meta-batch loss, jitted. A step with a non-finite
+      loss or meta-gradient is not applied.
     """
 
     def objective(meta: Meta, *, tasks: Task) -> tuple[Array, dict[str, Array]]:

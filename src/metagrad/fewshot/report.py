@@ -69,7 +69,8 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 _OPTIONAL_SETTINGS = ("proximal", "inner_momentum", "cg_steps", "cg_damping",
-                      "cg_negative_curvature", "stationarity_tol", "cg_max_gain", "outer_clip")  # fmt: skip
+                      "cg_negative_curvature", "stationarity_tol", "cg_max_gain",
+                      "outer_clip")  # fmt: skip
 
 
 def _training_section(run_dir: Path, config: dict[str, Any]) -> list[str]:

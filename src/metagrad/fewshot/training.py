@@ -70,9 +70,10 @@ class TrainConfig:
         last large step left them. A cosine run cannot be extended with more iterations (its
         schedule depends on them).
       outer_clip: clip the meta-gradient to this global norm before Adam (None: no clipping).
-        Adam's normalised step makes one outlier meta-gradient (e.g. of a task whose inner loop
-        blew up) a step of ~3 × ``outer_lr`` along it that its momentum carries for ~10 steps;
-        clipping bounds it. The norm before clipping is logged as ``grad_norm``.
+        Adam's normalised step makes one outlier meta-gradient (e.g. an implicit one from a
+        near-singular system, or one through an inner loop that blew up) a step of
+        ~3 × ``outer_lr`` along it that its momentum carries for ~10 steps; clipping bounds it.
+        The norm before clipping is logged as ``grad_norm``.
       meta_batch: tasks per meta-step.
       iterations: meta-steps.
       seed: seed of parameters and episodes.

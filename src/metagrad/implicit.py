@@ -228,12 +228,12 @@ def solve_linear(
         )
     else:
         x = _neumann(damped, b, config.neumann_alpha, config.maxiter)
-    residual = _norm(_axpy(-1.0, damped(x), b))
-    b_norm = _norm(b)
+    residual = optax.tree_utils.tree_norm(_axpy(-1.0, damped(x), b))
+    b_norm = optax.tree_utils.tree_norm(b)
     relative = jnp.where(b_norm > 0, residual / jnp.where(b_norm > 0, b_norm, 1.0), residual)
     capped = jnp.zeros((), bool)
     if config.max_gain is not None:
-        x_norm = _norm(x)
+        x_norm = optax.tree_utils.tree_norm(x)
         bound = config.max_gain * b_norm
         capped = x_norm > bound
         scale = jnp.where(capped, bound / jnp.where(capped, x_norm, 1.0), 1.0)
@@ -675,7 +675,3 @@ def _cotangents(args: tuple[Any, ...], floats: list[Any], cts: list[Any]) -> tup
 
 def _axpy(a: float, x: Pytree, y: Pytree) -> Pytree:
     return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
-
-
-def _norm(x: Pytree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(x)))
